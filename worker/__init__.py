@@ -1,0 +1,1 @@
+"""Everything a worker process runs: settings, database, pipeline, Celery app, models."""
