@@ -1,0 +1,61 @@
+"""Tiny randomly initialised DistilBERT models saved to disk, so tests run the real loading code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
+    DistilBertTokenizerFast,
+)
+
+from worker.nlp.types import NER_TAGS, SENTIMENT_LABELS
+
+WORDS = """the a an and or but of to in on for with is was it this that film movie great good bad awful
+terrible boring love loved hate plot acting actor actress director story ending music scene scenes
+paris london new york john smith mary warner bros disney oscar america american french british
+""".split()
+
+
+def _vocab(path: Path) -> Path:
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces += list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-:;()/<>&")
+    pieces += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    pieces += WORDS
+    path.write_text("\n".join(dict.fromkeys(pieces)) + "\n")
+    return path
+
+
+def make_tokenizer(directory: Path) -> DistilBertTokenizerFast:
+    directory.mkdir(parents=True, exist_ok=True)
+    return DistilBertTokenizerFast(vocab_file=str(_vocab(directory / "vocab.txt")), do_lower_case=True)
+
+
+def _config(tokenizer, labels) -> DistilBertConfig:
+    return DistilBertConfig(
+        vocab_size=len(tokenizer),
+        dim=32,
+        hidden_dim=64,
+        n_layers=2,
+        n_heads=2,
+        max_position_embeddings=64,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={l: i for i, l in enumerate(labels)},
+    )
+
+
+def save_tiny(directory: Path, task: str, seed: int = 0) -> Path:
+    """Save a tiny sentiment or NER model with its tokenizer to `directory` and return it."""
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer(directory)
+    if task == "sentiment":
+        model = DistilBertForSequenceClassification(_config(tokenizer, SENTIMENT_LABELS))
+    else:
+        model = DistilBertForTokenClassification(_config(tokenizer, NER_TAGS))
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,103 @@
+"""Named entities with character offsets into the original review, long reviews read in windows."""
+
+from __future__ import annotations
+
+import torch
+
+from . import batching, loading
+from .sentiment import EngineOptions
+from .types import Entity
+
+
+class NerModel:
+    def __init__(self, model, tokenizer, device, precision: str, options: EngineOptions | None = None):
+        self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
+        self.options = options or EngineOptions()
+        self.options.max_length = min(self.options.max_length, model.config.max_position_embeddings)
+        self.tags = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        # WordPiece marks word-internal pieces with "##"; the tag of a word is read at its first piece.
+        self.continues_word = [t is not None and t.startswith("##") for t in vocab]
+
+    def predict(self, texts: list[str]) -> list[list[Entity]]:
+        if not texts:
+            return []
+        opts = self.options
+        texts = [t[: opts.max_chars] for t in texts]
+        encoded = batching.encode(self.tokenizer, texts)
+        windows = batching.make_windows(encoded, opts.max_length, opts.stride)
+        logits = batching.run_model(
+            self.model, self.tokenizer, windows, opts.token_budget, self.device, self.precision, per_token=True
+        )
+        per_text: list[list[tuple[int, torch.Tensor]]] = [[] for _ in texts]
+        for w, rows in zip(windows, logits):
+            per_text[w.text_index].append((w.start, rows))
+        return [self._entities(text, enc, parts) for text, enc, parts in zip(texts, encoded, per_text)]
+
+    def _entities(self, text: str, enc: batching.Encoded, parts) -> list[Entity]:
+        n = len(enc.ids)
+        if n == 0:
+            return []
+        probs = stitch(n, parts).softmax(dim=-1)
+        score, tag_ids = probs.max(dim=-1)
+        words = word_spans(enc, self.continues_word)
+        return decode_bio(text, words, [self.tags[i] for i in tag_ids.tolist()], score.tolist())
+
+
+def stitch(n_tokens: int, parts: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """One row of logits per token: where windows overlap, the window in which the token sits
+    furthest from an edge wins, since it saw the most context on both sides."""
+    best = torch.full((n_tokens,), -1, dtype=torch.long)
+    out = torch.zeros(n_tokens, parts[0][1].shape[-1])
+    for start, rows in parts:
+        pos = torch.arange(start, start + rows.shape[0])
+        centrality = torch.minimum(pos - start, start + rows.shape[0] - 1 - pos)
+        take = centrality > best[pos]
+        out[pos[take]] = rows[take]
+        best[pos[take]] = centrality[take]
+    return out
+
+
+def word_spans(enc: batching.Encoded, continues_word: list[bool]) -> list[tuple[int, int, int]]:
+    """(first token index, char start, char end) of each word."""
+    words: list[tuple[int, int, int]] = []
+    for i, (tok, (s, e)) in enumerate(zip(enc.ids, enc.offsets)):
+        if words and continues_word[tok]:
+            first, ws, _ = words[-1]
+            words[-1] = (first, ws, e)
+        else:
+            words.append((i, s, e))
+    return words
+
+
+def decode_bio(text: str, words, tags: list[str], scores: list[float]) -> list[Entity]:
+    """BIO tags of words to entity spans. An I- tag after O or after another type starts an entity,
+    as seqeval reads it."""
+    entities: list[Entity] = []
+    current: list | None = None  # [type, start, end, [scores]]
+
+    def close():
+        if current is not None:
+            kind, start, end, sc = current
+            entities.append(Entity(kind, text[start:end], start, end, sum(sc) / len(sc)))
+
+    for first, start, end in words:
+        tag = tags[first]
+        if tag == "O":
+            close()
+            current = None
+            continue
+        prefix, _, kind = tag.partition("-") if "-" in tag else ("I", "", tag)
+        if current is not None and prefix == "I" and current[0] == kind:
+            current[2] = end
+            current[3].append(scores[first])
+        else:
+            close()
+            current = [kind, start, end, [scores[first]]]
+    close()
+    return entities
+
+
+def load_ner(source: str, device: str = "auto", precision: str = "auto", **options) -> NerModel:
+    model, tokenizer, dev, prec = loading.load(source, "ner", device, precision)
+    return NerModel(model, tokenizer, dev, prec, EngineOptions(**options))
