@@ -1,0 +1,1 @@
+"""Alembic migrations; `reviews db upgrade` applies them (see worker/migrate.py)."""

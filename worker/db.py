@@ -1,0 +1,59 @@
+"""Engine and session factory, and the one dialect-specific thing the pipeline needs: upserts."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from .config import redact_url
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be reached or is not set up; the message says what to do."""
+
+
+@lru_cache(maxsize=8)
+def get_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (status, dashboards) don't block the writer
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def session_factory(url: str) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+def check_schema(url: str) -> None:
+    """Fail with a clear message when the database is unreachable or has no schema yet."""
+    try:
+        with get_engine(url).connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise DatabaseError(f"cannot connect to the database {redact_url(url)}: {reason}") from exc
+    if "reviews" not in tables:
+        raise DatabaseError(f"the database {redact_url(url)} has no schema yet: run `reviews db upgrade`")
+
+
+def insert(session: Session, model):
+    """An INSERT that supports ON CONFLICT on both PostgreSQL and SQLite."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)

@@ -1,0 +1,146 @@
+"""The database tables, as SQLAlchemy 2.0 typed models. Dashboards read these tables, so they change
+only through a migration in migrations/versions/, and the README documents them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# BIGINT on PostgreSQL, INTEGER on SQLite (where only INTEGER PRIMARY KEY auto-increments).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Job(Base):
+    """One enqueue, reprocess or run: its reviews are in job_reviews."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), default="analyze")  # analyze | reprocess
+    source: Mapped[str] = mapped_column(Text, default="")  # file name, '-' for stdin, or a description
+    # ingesting -> queued -> done | partial (some reviews failed) | failed (all failed)
+    status: Mapped[str] = mapped_column(String(20), default="ingesting")
+    total: Mapped[int] = mapped_column(Integer, default=0)  # reviews in the job
+    rejected: Mapped[int] = mapped_column(Integer, default=0)  # input lines rejected
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[Optional[datetime]]
+
+
+class Review(Base):
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(255), unique=True)  # the input's "id", or h:<sha256>
+    text: Mapped[str] = mapped_column(Text)
+    text_sha256: Mapped[str] = mapped_column(String(64))
+    product_id: Mapped[Optional[str]] = mapped_column(String(255), index=True)
+    rating: Mapped[Optional[float]] = mapped_column(Float)
+    created_at: Mapped[Optional[datetime]]  # when the review was written, from the input
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)  # unknown input fields
+    ingested_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobReview(Base):
+    """A review's state within one job: pending, done or failed (with the reason)."""
+
+    __tablename__ = "job_reviews"
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id", ondelete="CASCADE"), primary_key=True, index=True)
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (Index("ix_job_reviews_job_status", "job_id", "status"),)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task: Mapped[str] = mapped_column(String(20))  # sentiment | ner
+    version: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(Text)  # local directory or Hugging Face model id
+    status: Mapped[str] = mapped_column(String(20), default="candidate")  # active|candidate|rejected|retired
+    parent_id: Mapped[Optional[int]] = mapped_column(ForeignKey("model_versions.id"))
+    train_counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    note: Mapped[str] = mapped_column(Text, default="")  # why it was promoted, rejected or rolled back
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[Optional[datetime]]
+    __table_args__ = (UniqueConstraint("task", "version"),)
+
+
+class SentimentResult(Base):
+    __tablename__ = "sentiment_results"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    label: Mapped[str] = mapped_column(String(20))
+    probability: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)  # P(positive) - P(negative), in [-1, 1]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("review_id", "model_version_id"),)
+
+
+class NerResult(Base):
+    """One row per review and NER model version: the review was analysed, even when it has no entities."""
+
+    __tablename__ = "ner_results"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    entity_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("review_id", "model_version_id"),)
+
+
+class EntityRow(Base):
+    __tablename__ = "entities"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    label: Mapped[str] = mapped_column(String(10))  # PER | ORG | LOC | MISC
+    text: Mapped[str] = mapped_column(Text)  # reviews.text[start_char:end_char]
+    start_char: Mapped[int] = mapped_column(Integer)
+    end_char: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    __table_args__ = (
+        UniqueConstraint("review_id", "model_version_id", "start_char", "end_char", "label"),
+        Index("ix_entities_label_text", "label", "text"),
+    )
+
+
+class Label(Base):
+    """A human label: sentiment for a review (by id or text), or NER spans for a text."""
+
+    __tablename__ = "labels"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task: Mapped[str] = mapped_column(String(20))  # sentiment | ner
+    key: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of task, target and value: idempotent
+    review_id: Mapped[Optional[int]] = mapped_column(ForeignKey("reviews.id", ondelete="SET NULL"))
+    text: Mapped[str] = mapped_column(Text)
+    sentiment: Mapped[Optional[str]] = mapped_column(String(20))
+    entities: Mapped[Optional[list]] = mapped_column(JSON)  # [{"start", "end", "label"}]
+    source: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class RejectedLine(Base):
+    """An input line that could not be used, kept so that users can see and fix it."""
+
+    __tablename__ = "rejected_lines"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(Text)
+    line_no: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    raw: Mapped[str] = mapped_column(Text)  # the line, cut to 2,000 characters
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
