@@ -1,0 +1,1 @@
+"""The `reviews` command line."""

@@ -1,0 +1,55 @@
+"""Per-process resources of a worker: the database session factory and the loaded models.
+
+Models load once per process and stay loaded; before each batch one small query checks which
+versions are active, so a promotion reaches running workers without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from . import registry
+from .config import Settings
+from .db import session_factory
+from .nlp import NerModel, SentimentModel, load_ner, load_sentiment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    sentiment: SentimentModel
+    sentiment_version_id: int
+    ner: NerModel
+    ner_version_id: int
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.sessions = session_factory(settings.database_url)
+        self._loaded: dict[int, SentimentModel | NerModel] = {}  # model_versions.id -> model
+        if settings.threads > 0:
+            torch.set_num_threads(settings.threads)
+
+    def _load(self, version) -> SentimentModel | NerModel:
+        if version.id not in self._loaded:
+            s = self.settings
+            options = dict(token_budget=s.token_budget, max_length=s.max_length, stride=s.window_stride,
+                           max_chars=s.max_review_chars)
+            loader = load_sentiment if version.task == "sentiment" else load_ner
+            log.info("loading %s model version %s from %s", version.task, version.version, version.source)
+            model = loader(version.source, device=s.device, precision=s.precision, **options)
+            # Keep only what is active: an old version's weights are memory we no longer need.
+            self._loaded = {k: v for k, v in self._loaded.items() if type(v) is not type(model)}
+            self._loaded[version.id] = model
+        return self._loaded[version.id]
+
+    def models(self) -> LoadedModels:
+        with self.sessions() as session:
+            active = registry.active_versions(session, self.settings)
+        sentiment, ner = active["sentiment"], active["ner"]
+        return LoadedModels(self._load(sentiment), sentiment.id, self._load(ner), ner.id)  # type: ignore[arg-type]
