@@ -214,6 +214,8 @@ def run(ctx: Context, file: str, fmt: str, batch_size: int | None) -> None:
             report = pipeline.ingest(runtime.sessions, stream, file, settings, analyze_now, fmt=fmt)
     click.echo("", err=True)
     _report_rejections(report)
+    if report.accepted == 0:
+        raise click.ClickException(f"{file}: no reviews to analyse (job {report.job_id})")
     with runtime.sessions() as s:
         _print_progress(pipeline.progress(s, report.job_id))
     click.echo(f"database: {redact_url(settings.database_url)}; results: reviews export --job {report.job_id}")

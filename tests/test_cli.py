@@ -1,0 +1,141 @@
+"""The CLI through click's CliRunner: run (embedded default), status, jobs, export, db, errors."""
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from conftest import make_settings, settings_env, write_jsonl
+from cli.main import main
+from worker.db import session_factory
+from worker.schema import EntityRow, Job, NerResult, RejectedLine, Review, SentimentResult
+
+
+@pytest.fixture
+def cli(sqlite_url, tiny_models, tmp_path):
+    settings = make_settings(sqlite_url, tiny_models, model_dir=str(tmp_path / "versions"))
+    runner = CliRunner()
+
+    def invoke(*args, input=None):
+        return runner.invoke(main, list(args), env=settings_env(settings), input=input, catch_exceptions=False)
+
+    invoke.settings = settings
+    return invoke
+
+
+def _count(url, model):
+    with session_factory(url)() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def test_run_processes_real_reviews_into_sqlite(cli, imdb_reviews, tmp_path):
+    rows = imdb_reviews[:60]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    result = cli("run", str(path))
+    assert result.exit_code == 0, result.output
+    assert "job 1 [done]" in result.output and "60/60 done, 0 failed" in result.output
+    url = cli.settings.database_url
+    assert _count(url, Review) == 60 and _count(url, SentimentResult) == 60 and _count(url, NerResult) == 60
+    with session_factory(url)() as s:
+        for text, start, end, ent in s.execute(
+            select(Review.text, EntityRow.start_char, EntityRow.end_char, EntityRow.text)
+            .join(EntityRow, EntityRow.review_id == Review.id)
+        ):
+            assert text[start:end] == ent
+        scores = s.scalars(select(SentimentResult.score)).all()
+        assert all(-1 <= x <= 1 for x in scores)
+    # Running the same file again stores nothing twice.
+    assert cli("run", str(path)).exit_code == 0
+    assert _count(url, Review) == 60 and _count(url, SentimentResult) == 60 and _count(url, NerResult) == 60
+
+
+def test_run_keeps_bad_lines_and_processes_the_rest(cli, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(
+        b'{"id": "a", "text": "A great film"}\n'
+        b'{"id": "b", "text": }\n'
+        b'{"id": "c"}\n'
+        b'{"id": "d", "text": ["x"]}\n'
+        b'{"id": "a", "text": "A great film"}\n'
+        b'{"id": "e", "text": "The plot was boring"}\n'
+    )
+    result = cli("run", str(path))
+    assert result.exit_code == 0
+    assert "line 2: invalid JSON" in result.output
+    assert "line 3: no 'text' field" in result.output
+    assert "line 4: 'text' must be a string, got an array" in result.output
+    assert "line 5: duplicate id 'a': already on line 1" in result.output
+    assert "2/2 done" in result.output and "4 lines rejected" in result.output
+    status = cli("status", "1", "--rejected")
+    assert "line 2: invalid JSON" in status.output and "line 5: duplicate id" in status.output
+    with session_factory(cli.settings.database_url)() as s:
+        assert [r.line_no for r in s.scalars(select(RejectedLine).order_by(RejectedLine.line_no))] == [2, 3, 4, 5]
+
+
+def test_same_id_with_other_text_in_a_later_file_is_rejected(cli, tmp_path):
+    first = write_jsonl(tmp_path / "a.jsonl", [{"id": "x", "text": "first text"}])
+    second = write_jsonl(tmp_path / "b.jsonl", [{"id": "x", "text": "changed text"}, {"id": "y", "text": "new"}])
+    assert cli("run", str(first)).exit_code == 0
+    result = cli("run", str(second))
+    assert "line 1: id 'x' is already stored with a different text" in result.output
+    with session_factory(cli.settings.database_url)() as s:
+        assert s.scalar(select(Review.text).where(Review.external_id == "x")) == "first text"
+
+
+def test_run_reads_csv_and_stdin(cli, tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('id,text,product_id\nc1,"Loved it, truly",p1\nc2,Awful,p2\n')
+    assert "2/2 done" in cli("run", str(path)).output
+    result = cli("run", "-", input='{"id": "s1", "text": "from stdin"}\n')
+    assert "1/1 done" in result.output
+
+
+def test_jobs_status_and_export(cli, tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "r1", "text": "Great acting by John Smith in Paris", "product_id": "m1", "rating": 9},
+        {"id": "r2", "text": "Terrible plot", "product_id": "m2"},
+    ])
+    cli("run", str(path))
+    assert "job 1 [done]" in cli("jobs").output
+    assert "2/2 done" in cli("status", "1").output
+    out = cli("export", "--job", "1").output
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["id"] for r in rows] == ["r1", "r2"]
+    assert rows[0]["sentiment"] in ("positive", "negative") and rows[0]["sentiment_model_version"] == 1
+    assert isinstance(rows[0]["entities"], list) and rows[0]["product_id"] == "m1"
+    target = tmp_path / "out.csv"
+    assert cli("export", "--format", "csv", "-o", str(target), "--no-text").exit_code == 0
+    table = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert [r["id"] for r in table] == ["r1", "r2"] and "text" not in table[0]
+    assert isinstance(json.loads(table[0]["entities"]), list)
+
+
+def test_clear_errors_instead_of_tracebacks(cli, tmp_path):
+    missing = cli("run", str(tmp_path / "nope.jsonl"))
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = cli("run", str(empty))
+    assert result.exit_code == 1 and "empty.jsonl: no reviews to analyse" in result.output
+    cli("db", "downgrade", "base")
+    result = cli("status", "99")
+    assert result.exit_code == 1 and "no schema yet" in result.output
+    cli("db", "upgrade")
+    assert "no job 99" in cli("status", "99").output
+    runner = CliRunner()
+    env = settings_env(cli.settings) | {"REVIEWS_SENTIMENT_MODEL": str(tmp_path / "missing-model")}
+    bad = runner.invoke(main, ["run", str(write_jsonl(tmp_path / "x.jsonl", [{"text": "hi"}]))], env=env)
+    assert bad.exit_code == 1 and "sentiment model" in bad.output and "no such directory" in bad.output
+    assert "Traceback" not in bad.output
+    env = settings_env(cli.settings) | {"REVIEWS_DATABASE_URL": "postgresql+psycopg://u:s3cret@127.0.0.1:1/x"}
+    down = runner.invoke(main, ["jobs"], env=env)
+    assert down.exit_code == 1 and "cannot connect to the database" in down.output
+    assert "s3cret" not in down.output and "u:***@" in down.output
+
+
+def test_db_upgrade_and_downgrade(cli):
+    assert "at revision 0002" in cli("db", "upgrade").output
+    assert "at revision base" in cli("db", "downgrade", "base").output
