@@ -72,7 +72,7 @@ def _lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes 
             while chunk and not chunk.endswith(b"\n"):  # skip the rest of the line, a piece at a time
                 chunk = stream.readline(1 << 20)
                 size += len(chunk)
-            yield line_no, None, size
+            yield line_no, None, size - chunk.endswith(b"\n")  # the newline is not part of the line
         else:
             yield line_no, chunk, len(chunk)
 
