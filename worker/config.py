@@ -35,7 +35,8 @@ class Settings:
     max_line_bytes: int = 1_000_000  # an input line longer than this is rejected
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     visibility_timeout: int = 3600  # seconds before Redis redelivers an unacked message
-    task_max_retries: int = 5
+    task_max_retries: int = 3  # a failing batch is retried this often, then its reviews run one by one
+    db_max_retries: int = 12  # with backoff 2, 4, ... 60 s: about 8 minutes of database outage
     retrain_schedule: str = "0 3 * * *"  # cron: minute hour day month weekday
     retrain_min_labels: int = 200
     promote_tolerance: float = 0.005

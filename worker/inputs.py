@@ -89,7 +89,8 @@ def _decode(line_no: int, raw: bytes) -> str | Rejected:
         return Rejected(line_no, f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}", shown)
 
 
-def _read_jsonl(stream: IO[bytes], max_line_bytes: int) -> Iterator[Record | Rejected]:
+def read_json_objects(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, dict, str] | Rejected]:
+    """(line number, object, raw line) for each JSON object line, or a Rejected for a bad line."""
     for line_no, raw, size in _lines(stream, max_line_bytes):
         if raw is None:
             yield _too_long(line_no, size, max_line_bytes)
@@ -100,15 +101,21 @@ def _read_jsonl(stream: IO[bytes], max_line_bytes: int) -> Iterator[Record | Rej
             continue
         if not line.strip():
             continue  # blank lines separate nothing in JSONL; skipping them loses nothing
+        line = line.rstrip("\n")
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield Rejected(line_no, f"invalid JSON: {exc.msg} at column {exc.colno}", line.rstrip("\n"))
+            yield Rejected(line_no, f"invalid JSON: {exc.msg} at column {exc.colno}", line)
             continue
         if not isinstance(obj, dict):
-            yield Rejected(line_no, f"expected a JSON object, got {type(obj).__name__}", line.rstrip("\n"))
+            yield Rejected(line_no, f"expected a JSON object, got {type(obj).__name__}", line)
             continue
-        yield validate(line_no, obj, line.rstrip("\n"))
+        yield line_no, obj, line
+
+
+def _read_jsonl(stream: IO[bytes], max_line_bytes: int) -> Iterator[Record | Rejected]:
+    for item in read_json_objects(stream, max_line_bytes):
+        yield item if isinstance(item, Rejected) else validate(*item)
 
 
 def _read_csv(stream: IO[bytes], max_line_bytes: int) -> Iterator[Record | Rejected]:
@@ -158,13 +165,10 @@ def validate(line_no: int, obj: dict[str, Any], raw: str) -> Record | Rejected:
 
     if "text" not in obj:
         return reject("no 'text' field")
+    problem = text_problem(obj["text"])
+    if problem:
+        return reject(problem)
     text = obj["text"]
-    if not isinstance(text, str):
-        return reject(f"'text' must be a string, got {_json_type(text)}")
-    if not text.strip():
-        return reject("'text' is empty")
-    if "\x00" in text:
-        return reject("'text' contains NUL characters")
     ext_id = obj.get("id")
     if ext_id is None or ext_id == "":
         ext_id = "h:" + sha256(text)[:32]  # content hash: the same text enqueued twice is one review
@@ -200,6 +204,16 @@ def validate(line_no: int, obj: dict[str, Any], raw: str) -> Record | Rejected:
     except (TypeError, ValueError):
         return reject("extra fields cannot be stored as JSON")
     return Record(line_no, ext_id, text, sha256(text), product_id, rating, created_at, meta)
+
+
+def text_problem(text: Any) -> str | None:
+    if not isinstance(text, str):
+        return f"'text' must be a string, got {_json_type(text)}"
+    if not text.strip():
+        return "'text' is empty"
+    if "\x00" in text:
+        return "'text' contains NUL characters"
+    return None
 
 
 def _json_type(value: Any) -> str:

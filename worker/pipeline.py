@@ -180,6 +180,33 @@ def analyze_batch(sessions: sessionmaker[Session], models: LoadedModels, job_id:
     return len(ids)
 
 
+def analyze_isolated(sessions: sessionmaker[Session], models: LoadedModels, job_id: int | None,
+                     review_ids: list[int]) -> tuple[int, int]:
+    """Last resort for a batch that keeps failing: one review at a time, so the good ones still get
+    results and each bad one is marked failed with its reason. Returns (written, failed)."""
+    written = failed = 0
+    for rid in review_ids:
+        try:
+            written += analyze_batch(sessions, models, job_id, [rid])
+        except Exception as exc:  # the model or the data of this one review; the DB is known good here
+            log.warning("review %s failed: %s", rid, exc)
+            failed += 1
+            if job_id is not None:
+                with sessions() as session:
+                    mark_reviews(session, job_id, [rid], "failed", f"{type(exc).__name__}: {exc}"[:2000])
+                    session.commit()
+                    finish_if_complete(session, job_id)
+    return written, failed
+
+
+def pending_review_ids(session: Session, job_id: int) -> list[int]:
+    """Reviews of the job without a result yet: what a lost queue must get back."""
+    return list(session.scalars(
+        select(JobReview.review_id).where(JobReview.job_id == job_id, JobReview.status == "pending")
+        .order_by(JobReview.review_id)
+    ))
+
+
 def write_results(session: Session, ids, sentiments, entities, sentiment_version_id: int, ner_version_id: int) -> None:
     """One round trip per table for the whole batch."""
     now = utcnow()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery.signals import worker_process_init
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from . import pipeline
 from .app import app
+from .nlp.types import ModelLoadError
 from .runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 _runtime: Runtime | None = None  # one per worker process: the models are loaded once
 
@@ -25,10 +31,33 @@ def _fresh_runtime(**_):
     _runtime = None
 
 
+def backoff(retries: int) -> int:
+    """Seconds before retry number `retries` + 1: 2, 4, 8, ... capped at a minute."""
+    return min(60, 2 ** (retries + 1))
+
+
 @app.task(name="reviews.analyze", bind=True, max_retries=None)
 def analyze(self, job_id: int | None, review_ids: list[int]) -> int:
     rt = runtime()
-    return pipeline.analyze_batch(rt.sessions, rt.models(), job_id, review_ids)
+    settings = rt.settings
+    try:
+        return pipeline.analyze_batch(rt.sessions, rt.models(), job_id, review_ids)
+    except (OperationalError, InterfaceError) as exc:
+        # The database is away: the whole batch waits for it, for up to db_retry_seconds in all.
+        if self.request.retries >= settings.db_max_retries:
+            raise
+        log.warning("database unavailable, batch of %d retried in %ss: %s", len(review_ids),
+                    backoff(self.request.retries), exc)
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries))
+    except ModelLoadError:
+        raise  # a broken model fails every batch the same way: retrying or isolating cannot help
+    except Exception as exc:
+        if self.request.retries < settings.task_max_retries:
+            raise self.retry(exc=exc, countdown=backoff(self.request.retries))
+        log.error("batch of %d failed %d times (%s): isolating its reviews", len(review_ids),
+                  self.request.retries + 1, exc)
+        written, _failed = pipeline.analyze_isolated(rt.sessions, rt.models(), job_id, review_ids)
+        return written
 
 
 def enqueue_batch(job_id: int, review_ids: list[int]) -> None:
