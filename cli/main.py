@@ -305,6 +305,165 @@ def export(ctx: Context, job_id: int | None, fmt: str, output: str, no_text: boo
         click.echo(f"wrote {n} reviews to {output}", err=True)
 
 
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--failed", "retry_failed", is_flag=True, help="Also send the reviews that failed again.")
+@pass_ctx
+def resume(ctx: Context, job_id: int, retry_failed: bool) -> None:
+    """Send every review of JOB that has no result yet to the queue again, from the database
+    (after Redis was flushed or restarted, say). Reviews with results are not sent twice."""
+    from worker import pipeline
+    from worker.app import configure
+    from worker.tasks import app, check_broker, enqueue_batch
+
+    configure(app, ctx.settings)
+    with clear_errors():
+        sessions = ctx.sessions()
+        check_broker()
+        n = pipeline.requeue(sessions, job_id, enqueue_batch, ctx.settings.batch_size, retry_failed)
+    click.echo(f"job {job_id}: {n} reviews sent again")
+
+
+@main.command()
+@click.option("--job", "job_id", type=int, help="The reviews of this job.")
+@click.option("--since", type=click.DateTime(), help="Reviews ingested at or after this time (UTC).")
+@click.option("--until", type=click.DateTime(), help="Reviews ingested before this time (UTC).")
+@click.option("--all", "everything", is_flag=True, help="Every stored review.")
+@click.option("--wait", is_flag=True, help="Show a progress bar until the job ends.")
+@pass_ctx
+def reprocess(ctx: Context, job_id, since, until, everything: bool, wait: bool) -> None:
+    """Analyse chosen stored reviews again with the active model versions, as a new job."""
+    from datetime import timezone
+
+    from worker import pipeline
+    from worker.app import configure
+    from worker.tasks import app, check_broker, enqueue_batch
+
+    if not (job_id or since or until or everything):
+        raise click.UsageError("choose reviews with --job, --since/--until, or --all")
+    since = since.replace(tzinfo=timezone.utc) if since else None
+    until = until.replace(tzinfo=timezone.utc) if until else None
+    parts = [f"job {job_id}" if job_id else "", f"since {since:%Y-%m-%d %H:%M}" if since else "",
+             f"until {until:%Y-%m-%d %H:%M}" if until else ""]
+    description = "reprocess " + (" ".join(p for p in parts if p) or "all")
+    configure(app, ctx.settings)
+    with clear_errors():
+        sessions = ctx.sessions()
+        check_broker()
+        new_id = pipeline.create_reprocess_job(sessions, job_id, since, until, description)
+        n = pipeline.requeue(sessions, new_id, enqueue_batch, ctx.settings.batch_size)
+    click.echo(new_id)
+    click.echo(f"job {new_id}: {n} reviews queued ({description})", err=True)
+    if wait and n:
+        _wait(sessions, new_id)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@pass_ctx
+def label(ctx: Context, file: str) -> None:
+    """Import human labels from FILE (JSONL): {"id", "sentiment"}, {"text", "sentiment"} or
+    {"text", "entities": [{"start", "end", "label"}]}. Importing the same label twice stores it once."""
+    from worker.labels import import_labels
+
+    with clear_errors():
+        sessions = ctx.sessions()
+        with _open_input(file) as stream:
+            report = import_labels(sessions, stream, file, ctx.settings.max_line_bytes)
+    for r in report.rejected[:20]:
+        click.echo(f"line {r.line_no}: {r.reason}", err=True)
+    if len(report.rejected) > 20:
+        click.echo(f"... and {len(report.rejected) - 20} more rejected lines", err=True)
+    click.echo(f"{report.added} labels added, {report.already_known} already known, {len(report.rejected)} lines rejected")
+
+
+# -- model versions ---------------------------------------------------------------------------------
+
+
+@main.group()
+def models() -> None:
+    """Model versions: list, show, promote, roll back."""
+
+
+task_option = click.option("--task", type=click.Choice(["sentiment", "ner"]), help="Only this task.")
+
+
+def _describe(mv) -> str:
+    metrics = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in (mv.metrics or {}).items()
+                        if not isinstance(v, dict))
+    return f"{mv.task:9} v{mv.version:<3} {mv.status:9} {mv.created_at:%Y-%m-%d %H:%M}  {metrics}"
+
+
+@models.command("list")
+@task_option
+@pass_ctx
+def models_list(ctx: Context, task: str | None) -> None:
+    """Every version, with status and headline metrics."""
+    from worker import registry
+
+    with clear_errors():
+        sessions = ctx.sessions()
+        with sessions() as s:
+            registry.active_versions(s, ctx.settings)  # the configured defaults are version 1
+            for mv in registry.versions(s, task):
+                click.echo(_describe(mv))
+
+
+@models.command("show")
+@click.argument("task", type=click.Choice(["sentiment", "ner"]))
+@click.argument("version", type=int)
+@pass_ctx
+def models_show(ctx: Context, task: str, version: int) -> None:
+    """Everything known about one version, as JSON."""
+    from worker import registry
+
+    with clear_errors():
+        sessions = ctx.sessions()
+        with sessions() as s:
+            registry.active_versions(s, ctx.settings)
+            mv = registry.get(s, task, version)
+            parent = s.get(type(mv), mv.parent_id) if mv.parent_id else None
+            click.echo(json.dumps({
+                "task": mv.task, "version": mv.version, "status": mv.status, "source": mv.source,
+                "parent_version": parent.version if parent else None, "train_counts": mv.train_counts,
+                "metrics": mv.metrics, "note": mv.note, "created_at": mv.created_at.isoformat(),
+                "promoted_at": mv.promoted_at.isoformat() if mv.promoted_at else None,
+            }, indent=2))
+
+
+@models.command("promote")
+@click.argument("task", type=click.Choice(["sentiment", "ner"]))
+@click.argument("version", type=int)
+@pass_ctx
+def models_promote(ctx: Context, task: str, version: int) -> None:
+    """Make VERSION the active one (workers switch at their next batch)."""
+    from worker import registry
+
+    with clear_errors():
+        sessions = ctx.sessions()
+        with sessions() as s:
+            registry.active_versions(s, ctx.settings)
+            mv = registry.promote(s, task, version, note="promoted by hand")
+            s.commit()
+            click.echo(f"{task} version {mv.version} is active")
+
+
+@models.command("rollback")
+@click.argument("task", type=click.Choice(["sentiment", "ner"]))
+@pass_ctx
+def models_rollback(ctx: Context, task: str) -> None:
+    """Put back the version that was active before the current one."""
+    from worker import registry
+
+    with clear_errors():
+        sessions = ctx.sessions()
+        with sessions() as s:
+            registry.active_versions(s, ctx.settings)
+            mv = registry.rollback(s, task)
+            s.commit()
+            click.echo(f"{task} version {mv.version} is active again")
+
+
 # -- workers ----------------------------------------------------------------------------------------
 
 

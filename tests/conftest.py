@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -154,18 +155,25 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture
-def app_worker(migrated_pg, redis_url, tiny_models):
+@contextmanager
+def running_worker(settings: Settings):
     """A real Celery worker in this process (a thread), consuming queue 'inference' on real Redis."""
     from celery.contrib.testing.worker import start_worker
 
     from worker import tasks
     from worker.app import configure
 
-    settings = make_settings(migrated_pg, tiny_models)
     configure(tasks.app, settings)
     tasks._runtime = None
-    with start_worker(tasks.app, pool="solo", concurrency=1, perform_ping_check=False, queues=["inference"],
-                      loglevel="WARNING", shutdown_timeout=30):
+    try:
+        with start_worker(tasks.app, pool="solo", concurrency=1, perform_ping_check=False, queues=["inference"],
+                          loglevel="WARNING", shutdown_timeout=30):
+            yield settings
+    finally:
+        tasks._runtime = None
+
+
+@pytest.fixture
+def app_worker(migrated_pg, redis_url, tiny_models):
+    with running_worker(make_settings(migrated_pg, tiny_models)) as settings:
         yield settings
-    tasks._runtime = None

@@ -36,7 +36,8 @@ class Settings:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     visibility_timeout: int = 3600  # seconds before Redis redelivers an unacked message
     task_max_retries: int = 3  # a failing batch is retried this often, then its reviews run one by one
-    db_max_retries: int = 12  # with backoff 2, 4, ... 60 s: about 8 minutes of database outage
+    db_max_retries: int = 12  # with retry_delay 2: waits of 2, 4, ... 60 s, about 8 minutes in all
+    retry_delay: float = 2.0  # seconds before the first retry of a batch; doubles each time
     retrain_schedule: str = "0 3 * * *"  # cron: minute hour day month weekday
     retrain_min_labels: int = 200
     promote_tolerance: float = 0.005

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import IO, Callable, Iterable
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
@@ -199,12 +199,48 @@ def analyze_isolated(sessions: sessionmaker[Session], models: LoadedModels, job_
     return written, failed
 
 
-def pending_review_ids(session: Session, job_id: int) -> list[int]:
-    """Reviews of the job without a result yet: what a lost queue must get back."""
-    return list(session.scalars(
-        select(JobReview.review_id).where(JobReview.job_id == job_id, JobReview.status == "pending")
-        .order_by(JobReview.review_id)
-    ))
+def requeue(sessions: sessionmaker[Session], job_id: int, send: SendBatch, batch_size: int,
+            retry_failed: bool = False) -> int:
+    """Send every review of the job that has no result yet (and, if asked, the failed ones) again.
+    What a flushed or restarted Redis lost is rebuilt from the database. Returns reviews sent."""
+    with sessions() as session:
+        if session.get(Job, job_id) is None:
+            raise LookupError(f"no job {job_id}")
+        if retry_failed:
+            session.execute(update(JobReview).where(JobReview.job_id == job_id, JobReview.status == "failed")
+                            .values(status="pending", error=None, updated_at=utcnow()))
+            session.execute(update(Job).where(Job.id == job_id, Job.status.in_(("partial", "failed")))
+                            .values(status="queued", finished_at=None))
+            session.commit()
+        ids = list(session.scalars(
+            select(JobReview.review_id).where(JobReview.job_id == job_id, JobReview.status == "pending")
+            .order_by(JobReview.review_id)
+        ))
+    for k in range(0, len(ids), batch_size):
+        send(job_id, ids[k : k + batch_size])
+    return len(ids)
+
+
+def create_reprocess_job(sessions: sessionmaker[Session], job_id: int | None = None, since=None, until=None,
+                         description: str = "reprocess") -> int:
+    """A job over chosen stored reviews (of a job, ingested in a date range, or all), filled in the
+    database with one INSERT ... SELECT, whatever the number of reviews."""
+    new_id = create_job(sessions, description, kind="reprocess")
+    with sessions() as session:
+        q = select(literal(new_id), Review.id, literal("pending"), literal(utcnow(), JobReview.updated_at.type))
+        if job_id is not None:
+            q = q.join(JobReview, JobReview.review_id == Review.id).where(JobReview.job_id == job_id)
+        if since is not None:
+            q = q.where(Review.ingested_at >= since)
+        if until is not None:
+            q = q.where(Review.ingested_at < until)
+        session.execute(JobReview.__table__.insert().from_select(["job_id", "review_id", "status", "updated_at"], q))
+        job = session.get(Job, new_id)
+        job.total = session.scalar(select(func.count()).where(JobReview.job_id == new_id))
+        job.status = "queued"
+        session.commit()
+        finish_if_complete(session, new_id)
+    return new_id
 
 
 def write_results(session: Session, ids, sentiments, entities, sentiment_version_id: int, ner_version_id: int) -> None:

@@ -42,3 +42,69 @@ def _register_default(session: Session, settings: Settings, task: str) -> ModelV
             select(ModelVersion).where(ModelVersion.task == task, ModelVersion.status == "active")
         ).one()
     return mv
+
+
+def versions(session: Session, task: str | None = None) -> list[ModelVersion]:
+    q = select(ModelVersion).order_by(ModelVersion.task, ModelVersion.version)
+    if task:
+        q = q.where(ModelVersion.task == task)
+    return list(session.scalars(q))
+
+
+def get(session: Session, task: str, version: int) -> ModelVersion:
+    mv = session.scalars(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.version == version)).first()
+    if mv is None:
+        raise LookupError(f"no {task} model version {version}")
+    return mv
+
+
+def next_version(session: Session, task: str) -> int:
+    return (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.task == task)) or 0) + 1
+
+
+def register(session: Session, task: str, source: str, status: str, parent_id: int | None = None,
+             train_counts: dict | None = None, metrics: dict | None = None, note: str = "") -> ModelVersion:
+    mv = ModelVersion(task=task, version=next_version(session, task), source=source, status=status,
+                      parent_id=parent_id, train_counts=train_counts or {}, metrics=metrics or {}, note=note)
+    session.add(mv)
+    session.flush()
+    return mv
+
+
+def promote(session: Session, task: str, version: int, note: str = "promoted") -> ModelVersion:
+    """Make `version` the active one; the version it replaces is retired. Workers pick it up at
+    their next batch."""
+    target = get(session, task, version)
+    if target.status == "active":
+        return target
+    for mv in session.scalars(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.status == "active")):
+        mv.status = "retired"
+    target.status = "active"
+    target.promoted_at = utcnow()
+    target.note = note
+    session.flush()
+    return target
+
+
+def rollback(session: Session, task: str) -> ModelVersion:
+    """Put back the version that was active before the current one."""
+    current = session.scalars(
+        select(ModelVersion).where(ModelVersion.task == task, ModelVersion.status == "active")
+    ).first()
+    if current is None:
+        raise LookupError(f"no active {task} model version to roll back")
+    previous = session.scalars(
+        select(ModelVersion)
+        # Only versions promoted before the current one: a version rolled back from is never restored.
+        .where(ModelVersion.task == task, ModelVersion.status == "retired",
+               ModelVersion.promoted_at < current.promoted_at)
+        .order_by(ModelVersion.promoted_at.desc())
+    ).first()
+    if previous is None:
+        raise LookupError(f"{task} version {current.version} is the first active version: nothing to roll back to")
+    current.status = "retired"
+    current.note = f"rolled back to version {previous.version}"
+    previous.status = "active"  # promoted_at keeps its first promotion, which orders later rollbacks
+    previous.note = f"restored by rollback of version {current.version}"
+    session.flush()
+    return previous

@@ -31,9 +31,9 @@ def _fresh_runtime(**_):
     _runtime = None
 
 
-def backoff(retries: int) -> int:
-    """Seconds before retry number `retries` + 1: 2, 4, 8, ... capped at a minute."""
-    return min(60, 2 ** (retries + 1))
+def backoff(retries: int, base: float) -> float:
+    """Seconds before retry number `retries` + 1: base, 2 base, 4 base, ... capped at a minute."""
+    return min(60.0, base * 2**retries)
 
 
 @app.task(name="reviews.analyze", bind=True, max_retries=None)
@@ -47,13 +47,13 @@ def analyze(self, job_id: int | None, review_ids: list[int]) -> int:
         if self.request.retries >= settings.db_max_retries:
             raise
         log.warning("database unavailable, batch of %d retried in %ss: %s", len(review_ids),
-                    backoff(self.request.retries), exc)
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries))
+                    backoff(self.request.retries, settings.retry_delay), exc)
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries, settings.retry_delay))
     except ModelLoadError:
         raise  # a broken model fails every batch the same way: retrying or isolating cannot help
     except Exception as exc:
         if self.request.retries < settings.task_max_retries:
-            raise self.retry(exc=exc, countdown=backoff(self.request.retries))
+            raise self.retry(exc=exc, countdown=backoff(self.request.retries, settings.retry_delay))
         log.error("batch of %d failed %d times (%s): isolating its reviews", len(review_ids),
                   self.request.retries + 1, exc)
         written, _failed = pipeline.analyze_isolated(rt.sessions, rt.models(), job_id, review_ids)
