@@ -47,16 +47,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 def make_settings(database_url: str, tiny_models: dict[str, Path], **extra) -> Settings:
-    return Settings(
-        database_url=database_url,
-        broker_url=REDIS_URL,
-        sentiment_model=str(tiny_models["sentiment"]),
-        ner_model=str(tiny_models["ner"]),
-        max_length=64,
-        window_stride=16,
-        batch_size=16,
-        **extra,
-    )
+    values = dict(database_url=database_url, broker_url=REDIS_URL, sentiment_model=str(tiny_models["sentiment"]),
+                  ner_model=str(tiny_models["ner"]), max_length=64, window_stride=16, batch_size=16)
+    return Settings(**(values | extra))
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -34,28 +34,31 @@ def make_tokenizer(directory: Path) -> DistilBertTokenizerFast:
     return DistilBertTokenizerFast(vocab_file=str(_vocab(directory / "vocab.txt")), do_lower_case=True)
 
 
-def _config(tokenizer, labels) -> DistilBertConfig:
+SIZES = {
+    "tiny": dict(dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=64),
+    # Slow enough on a CPU that a test can kill a worker in the middle of a batch.
+    "medium": dict(dim=256, hidden_dim=1024, n_layers=4, n_heads=4, max_position_embeddings=512),
+}
+
+
+def _config(tokenizer, labels, size: str = "tiny") -> DistilBertConfig:
     return DistilBertConfig(
         vocab_size=len(tokenizer),
-        dim=32,
-        hidden_dim=64,
-        n_layers=2,
-        n_heads=2,
-        max_position_embeddings=64,
+        **SIZES[size],
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={l: i for i, l in enumerate(labels)},
     )
 
 
-def save_tiny(directory: Path, task: str, seed: int = 0) -> Path:
+def save_tiny(directory: Path, task: str, seed: int = 0, size: str = "tiny") -> Path:
     """Save a tiny sentiment or NER model with its tokenizer to `directory` and return it."""
     torch.manual_seed(seed)
     tokenizer = make_tokenizer(directory)
     if task == "sentiment":
-        model = DistilBertForSequenceClassification(_config(tokenizer, SENTIMENT_LABELS))
+        model = DistilBertForSequenceClassification(_config(tokenizer, SENTIMENT_LABELS, size))
     else:
-        model = DistilBertForTokenClassification(_config(tokenizer, NER_TAGS))
+        model = DistilBertForTokenClassification(_config(tokenizer, NER_TAGS, size))
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory

@@ -1,0 +1,197 @@
+"""Real worker processes under faults: SIGKILL and SIGTERM mid-batch, and a database that goes away.
+
+Workers run as `reviews worker` subprocesses on real Redis and PostgreSQL, with a model big enough
+that a batch takes seconds, so that a signal lands while a batch is in hand.
+"""
+
+from __future__ import annotations
+
+import os
+import select as select_mod
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from cli.main import main
+from conftest import PG_URL, make_settings, settings_env, write_jsonl
+from test_worker import wait_for_job
+from tiny_models import save_tiny
+from worker.db import session_factory
+from worker.schema import JobReview, NerResult, SentimentResult
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+LONG_TEXT = "The film in Paris was great and the acting by John Smith was good. " * 60  # ~1,000 tokens
+
+
+@pytest.fixture(scope="module")
+def medium_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("medium")
+    return {"sentiment": save_tiny(root / "s", "sentiment", size="medium"),
+            "ner": save_tiny(root / "n", "ner", size="medium")}
+
+
+def start_worker_process(env: dict[str, str], log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "cli.main", "worker", "--loglevel", "INFO"]
+    return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def exactly_once(url: str, n: int) -> None:
+    with session_factory(url)() as s:
+        for model in (SentimentResult, NerResult):
+            assert s.scalar(select(func.count()).select_from(model)) == n
+            dupes = s.execute(select(model.review_id, model.model_version_id, func.count())
+                              .group_by(model.review_id, model.model_version_id).having(func.count() > 1)).all()
+            assert dupes == []
+
+
+def test_sigkill_mid_batch_is_redelivered_and_completed(migrated_pg, redis_url, medium_models, tmp_path):
+    settings = make_settings(migrated_pg, medium_models, max_length=512, window_stride=64, batch_size=8)
+    # A short visibility timeout so the killed worker's batch comes back within the test.
+    env = settings_env(settings) | {"REVIEWS_VISIBILITY_TIMEOUT": "8", "REVIEWS_MAX_LENGTH": "512"}
+    path = write_jsonl(tmp_path / "r.jsonl", [{"id": f"k{i}", "text": f"{i} {LONG_TEXT}"} for i in range(24)])
+    job = int(CliRunner().invoke(main, ["enqueue", str(path)], env=env).stdout.split()[0])
+    client = redis.Redis.from_url(redis_url)
+    first = start_worker_process(env, tmp_path / "w1.log")
+    try:
+        wait_until(lambda: client.hlen("unacked") > 0, 120, "the first worker to take a batch")
+        time.sleep(0.5)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    with session_factory(settings.database_url)() as s:
+        assert s.scalar(select(func.count()).where(JobReview.job_id == job, JobReview.status == "pending")) > 0
+    assert client.hlen("unacked") >= 1  # the batch in hand is not lost: Redis still holds it
+    second = start_worker_process(env, tmp_path / "w2.log")
+    try:
+        p = wait_for_job(settings.database_url, job, timeout=240)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(60)
+    assert (p.status, p.done, p.failed, p.pending) == ("done", 24, 0, 0)
+    exactly_once(settings.database_url, 24)
+
+
+def test_sigterm_finishes_the_batch_in_hand(migrated_pg, redis_url, medium_models, tmp_path):
+    settings = make_settings(migrated_pg, medium_models, max_length=512, window_stride=64, batch_size=8)
+    env = settings_env(settings) | {"REVIEWS_MAX_LENGTH": "512"}
+    path = write_jsonl(tmp_path / "r.jsonl", [{"id": f"t{i}", "text": f"{i} {LONG_TEXT}"} for i in range(24)])
+    job = int(CliRunner().invoke(main, ["enqueue", str(path)], env=env).stdout.split()[0])
+    client = redis.Redis.from_url(redis_url)
+    worker = start_worker_process(env, tmp_path / "w.log")
+    try:
+        wait_until(lambda: client.hlen("unacked") > 0, 120, "the worker to take a batch")
+        os.killpg(worker.pid, signal.SIGTERM)
+        assert worker.wait(120) == 0  # a warm shutdown: the batch is finished, then the worker exits
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    with session_factory(settings.database_url)() as s:
+        done = s.scalar(select(func.count()).where(JobReview.job_id == job, JobReview.status == "done"))
+    assert done >= 8 and done % 8 == 0  # whole batches only
+    assert client.hlen("unacked") == 0  # nothing half-done left behind
+    assert client.llen("inference") == (24 - done) // 8  # the rest waits in the queue
+    second = start_worker_process(env, tmp_path / "w2.log")
+    try:
+        p = wait_for_job(settings.database_url, job, timeout=240)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(60)
+    assert (p.status, p.done) == ("done", 24)
+    exactly_once(settings.database_url, 24)
+
+
+class Proxy:
+    """A TCP proxy to PostgreSQL that the test can take down and bring back: a real outage of the
+    worker's database connections, without stopping the server other tests use."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            if not self.up.is_set():
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            self.conns += [client, server]
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                ready, _, _ = select_mod.select([a, b], [], [], 1)
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    (b if s is a else a).sendall(data)
+        except OSError:
+            return
+        finally:
+            a.close()
+            b.close()
+
+    def down(self) -> None:
+        self.up.clear()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns.clear()
+
+    def restore(self) -> None:
+        self.up.set()
+
+
+def test_database_outage_is_retried_until_it_returns(migrated_pg, redis_url, tiny_models, tmp_path):
+    proxy = Proxy(("127.0.0.1", 5432))
+    proxied = PG_URL.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    settings = make_settings(migrated_pg, tiny_models)
+    path = write_jsonl(tmp_path / "r.jsonl", [{"id": f"d{i}", "text": f"review {i}"} for i in range(48)])
+    job = int(CliRunner().invoke(main, ["enqueue", str(path)], env=settings_env(settings)).stdout.split()[0])
+    proxy.down()  # the worker starts while its database is unreachable
+    env = settings_env(settings) | {"REVIEWS_DATABASE_URL": proxied, "REVIEWS_RETRY_DELAY": "0.5"}
+    log = tmp_path / "w.log"
+    worker = subprocess.Popen([sys.executable, "-c", "from worker.tasks import app; app.worker_main("
+                               "['worker', '-Q', 'inference', '--pool', 'solo', '--loglevel', 'INFO'])"],
+                              env={**os.environ, **env}, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        wait_until(lambda: "database unavailable" in log.read_text(), 60, "a retry for the database")
+        proxy.restore()
+        p = wait_for_job(settings.database_url, job, timeout=120)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)
+    assert (p.status, p.done, p.failed) == ("done", 48, 0)
+    exactly_once(settings.database_url, 48)
