@@ -139,3 +139,33 @@ def test_clear_errors_instead_of_tracebacks(cli, tmp_path):
 def test_db_upgrade_and_downgrade(cli):
     assert "at revision 0002" in cli("db", "upgrade").output
     assert "at revision base" in cli("db", "downgrade", "base").output
+
+
+def test_every_kind_of_bad_input_is_named_and_the_rest_goes_through(cli, tmp_path):
+    big = "x" * 5_000_000
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join([
+        b'{"id": "ok-1", "text": "A fine film"}',
+        b'{"id": "j", "text": "broken',
+        b'{"id": "m"}',
+        b'{"id": "e", "text": ""}',
+        b'{"id": "n", "text": 7}',
+        b'{"id": "u", "text": "caf\xe9 au lait"}',
+        b'{"id": "z", "text": "nul \\u0000 here"}',
+        ('{"id": "big", "text": "%s"}' % big).encode(),
+        b'{"id": "ok-1", "text": "A fine film"}',
+        b'{"id": "ok-2", "text": "The last line still counts"}',
+    ]) + b"\n")
+    result = cli("run", str(path))
+    assert result.exit_code == 0, result.output
+    for expected in ["line 2: invalid JSON", "line 3: no 'text' field", "line 4: 'text' is empty",
+                     "line 5: 'text' must be a string, got a number", "line 6: not valid UTF-8: byte 0xe9",
+                     "line 7: 'text' contains NUL characters", "line 8: line is 5,000,025 bytes, over the limit",
+                     "line 9: duplicate id 'ok-1': already on line 1"]:
+        assert expected in result.output
+    assert "2/2 done" in result.output and "8 lines rejected" in result.output
+    wrong_header = tmp_path / "wrong.csv"
+    wrong_header.write_text("id,body\n1,hello\n")
+    result = cli("run", str(wrong_header))
+    assert result.exit_code == 1 and "line 1: CSV header has no 'text' column (found: id, body)" in result.output
+    assert "[failed] " + str(wrong_header) in cli("jobs").output

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
 from .db import insert
-from .inputs import Record, Rejected, detect_format, read_records
+from .inputs import InputError, Record, Rejected, detect_format, read_records
 from .runtime import LoadedModels
 from .schema import EntityRow, Job, JobReview, NerResult, RejectedLine, Review, SentimentResult, utcnow
 
@@ -80,10 +80,16 @@ def ingest(
         if on_progress:
             on_progress(report)
 
-    for item in read_records(stream, detect_format(source, fmt), settings.max_line_bytes):
-        (rejected if isinstance(item, Rejected) else records).append(item)  # type: ignore[arg-type]
-        if len(records) >= CHUNK or len(rejected) >= CHUNK:
-            flush()
+    try:
+        for item in read_records(stream, detect_format(source, fmt), settings.max_line_bytes):
+            (rejected if isinstance(item, Rejected) else records).append(item)  # type: ignore[arg-type]
+            if len(records) >= CHUNK or len(rejected) >= CHUNK:
+                flush()
+    except InputError:
+        with sessions() as session:  # the file is unusable as a whole: the job ends here
+            session.execute(update(Job).where(Job.id == job_id).values(status="failed", finished_at=utcnow()))
+            session.commit()
+        raise
     flush()
     if pending_ids:
         send(job_id, pending_ids)
