@@ -250,34 +250,37 @@ def create_reprocess_job(sessions: sessionmaker[Session], job_id: int | None = N
 
 
 def write_results(session: Session, ids, sentiments, entities, sentiment_version_id: int, ner_version_id: int) -> None:
-    """One round trip per table for the whole batch."""
+    """A few statements per table for the whole batch: executemany, which SQLAlchemy sends as
+    multi-row INSERTs (its "insertmanyvalues" mode), with the statement compiled once."""
     now = utcnow()
-    stmt = insert(session, SentimentResult).values(
+    stmt = insert(session, SentimentResult)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["review_id", "model_version_id"],
+            set_=dict(label=stmt.excluded.label, probability=stmt.excluded.probability, score=stmt.excluded.score,
+                      created_at=stmt.excluded.created_at),
+        ),
         [dict(review_id=i, model_version_id=sentiment_version_id, label=s.label, probability=s.probability,
-              score=s.score, created_at=now) for i, s in zip(ids, sentiments)]
+              score=s.score, created_at=now) for i, s in zip(ids, sentiments)],
     )
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=["review_id", "model_version_id"],
-        set_=dict(label=stmt.excluded.label, probability=stmt.excluded.probability, score=stmt.excluded.score,
-                  created_at=stmt.excluded.created_at),
-    ))
-    stmt = insert(session, NerResult).values(
+    stmt = insert(session, NerResult)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["review_id", "model_version_id"],
+            set_=dict(entity_count=stmt.excluded.entity_count, created_at=stmt.excluded.created_at),
+        ),
         [dict(review_id=i, model_version_id=ner_version_id, entity_count=len(es), created_at=now)
-         for i, es in zip(ids, entities)]
+         for i, es in zip(ids, entities)],
     )
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=["review_id", "model_version_id"],
-        set_=dict(entity_count=stmt.excluded.entity_count, created_at=stmt.excluded.created_at),
-    ))
+    # A redelivered batch replaces the entities it wrote before: delete, then insert.
     session.execute(delete(EntityRow).where(EntityRow.review_id.in_(ids), EntityRow.model_version_id == ner_version_id))
     entity_rows = [
         dict(review_id=i, model_version_id=ner_version_id, label=e.label, text=e.text, start_char=e.start,
              end_char=e.end, score=e.score)
         for i, es in zip(ids, entities) for e in es
     ]
-    # Slices keep a statement under PostgreSQL's 65,535 bound parameters; one slice for a typical batch.
-    for k in range(0, len(entity_rows), 4000):
-        session.execute(insert(session, EntityRow).values(entity_rows[k : k + 4000]).on_conflict_do_nothing())
+    if entity_rows:
+        session.execute(EntityRow.__table__.insert(), entity_rows)
 
 
 def mark_reviews(session: Session, job_id: int, ids: Iterable[int], status: str, error: str | None = None) -> None:
