@@ -1,0 +1,97 @@
+"""Metrics, computed through the service's own inference engine so that they describe what users get.
+
+Sentiment: accuracy, and F1 of the positive class. NER: entity-level exact match (the seqeval
+convention: an entity counts only when its type, start and end all match), overall and per type.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+from ..nlp import load_ner, load_sentiment
+from ..nlp.types import NER_TYPES, SENTIMENT_LABELS
+from .data import NerSentence, SentimentExample, sentence_text
+
+
+def sentiment_metrics(gold: Sequence[int], predicted: Sequence[int]) -> dict:
+    n = len(gold)
+    tp = sum(1 for g, p in zip(gold, predicted) if g == p == 1)
+    fp = sum(1 for g, p in zip(gold, predicted) if p == 1 and g == 0)
+    fn = sum(1 for g, p in zip(gold, predicted) if p == 0 and g == 1)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": sum(g == p for g, p in zip(gold, predicted)) / n if n else 0.0, "f1": f1, "n": n}
+
+
+def bio_spans(tags: Sequence[str]) -> set[tuple[int, int, str]]:
+    """(first token, last token, type) of each entity in a BIO sequence, as seqeval reads it:
+    an I- tag that does not continue an entity of its type starts a new one."""
+    spans: list[list] = []
+    prev_kind = None
+    for i, tag in enumerate(tags):
+        if tag == "O":
+            prev_kind = None
+            continue
+        prefix, _, kind = tag.partition("-")
+        if prefix == "I" and prev_kind == kind:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i, kind])
+        prev_kind = kind
+    return {tuple(s) for s in spans}  # type: ignore[misc]
+
+
+def ner_metrics(gold: Sequence[set], predicted: Sequence[set]) -> dict:
+    """Micro precision/recall/F1 over entity spans, overall and per type."""
+    counts = {k: Counter() for k in ("tp", "gold", "pred")}
+    for g, p in zip(gold, predicted):
+        for s in g & p:
+            counts["tp"][s[2]] += 1
+        for s in g:
+            counts["gold"][s[2]] += 1
+        for s in p:
+            counts["pred"][s[2]] += 1
+
+    def prf(tp: int, n_gold: int, n_pred: int) -> dict:
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_gold if n_gold else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"precision": precision, "recall": recall, "f1": f1}
+
+    total = prf(sum(counts["tp"].values()), sum(counts["gold"].values()), sum(counts["pred"].values()))
+    kinds = sorted(set(counts["gold"]) | set(counts["pred"]), key=lambda k: (k not in NER_TYPES, k))
+    per_type = {k: {**prf(counts["tp"][k], counts["gold"][k], counts["pred"][k]), "support": counts["gold"][k]}
+                for k in kinds}
+    return {**total, "n": len(gold), "entities": sum(counts["gold"].values()), "per_type": per_type}
+
+
+def char_to_token_spans(entities, token_spans: Sequence[tuple[int, int]]) -> set[tuple[int, int, str]]:
+    """Predicted character spans to token index spans: the tokens the entity overlaps."""
+    out = set()
+    for e in entities:
+        covered = [i for i, (s, t) in enumerate(token_spans) if s < e.end and e.start < t]
+        if covered:
+            out.add((covered[0], covered[-1], e.label))
+    return out
+
+
+def evaluate_sentiment(model, examples: Sequence[SentimentExample], **engine_options) -> dict:
+    """`model` is a loaded SentimentModel or a directory / model id to load."""
+    if isinstance(model, str):
+        model = load_sentiment(model, **engine_options)
+    predictions = model.predict([e.text for e in examples])
+    predicted = [SENTIMENT_LABELS.index(p.label) if p.label in SENTIMENT_LABELS else -1 for p in predictions]
+    return sentiment_metrics([e.label for e in examples], predicted)
+
+
+def evaluate_ner(model, sentences: Sequence[NerSentence], **engine_options) -> dict:
+    """`model` is a loaded NerModel or a directory / model id to load."""
+    if isinstance(model, str):
+        model = load_ner(model, **engine_options)
+    texts, spans = zip(*(sentence_text(s) for s in sentences)) if sentences else ((), ())
+    predictions = model.predict(list(texts))
+    gold = [bio_spans(s.tags) for s in sentences]
+    predicted = [char_to_token_spans(p, ts) for p, ts in zip(predictions, spans)]
+    return ner_metrics(gold, predicted)

@@ -1,0 +1,249 @@
+"""The fine-tuning loop for sentiment and NER, with an optional teacher (soft-target distillation).
+
+loss = a * CE(labels) + (1 - a) * T^2 * KL(softmax(teacher / T) || softmax(student / T)),
+the soft-target term DistilBERT was trained with: a retrain keeps what the active version knew.
+
+Batches are length-bucketed under a token budget (little padding), bf16 autocast on CPUs and GPUs
+that have it, AdamW with linear warmup and decay, fixed seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..nlp.device import autocast, pick_device, pick_precision
+from ..nlp.types import NER_TAGS
+from .data import NerSentence, SentimentExample, sentence_text
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    batch_tokens: int = 4096  # padded tokens per step (rows x longest row)
+    max_batch_rows: int = 64
+    max_length: int = 256  # tokens per example, specials included
+    head_tokens: int = 64  # head + tail truncation keeps this many from the start, the rest from the end
+    alpha: float = 0.5  # weight of the label loss when a teacher is given
+    temperature: float = 2.0
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"
+    log_every: int = 50
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    labels: int | list[int]  # a class for sentiment, one tag (or -100) per token for NER
+
+
+def head_tail(ids: list[int], keep: int, head: int) -> list[int]:
+    """Sun et al. (2019): the start and the end of a long review carry most of its sentiment."""
+    if len(ids) <= keep:
+        return ids
+    return ids[:head] + ids[len(ids) - (keep - head):]
+
+
+def encode_sentiment(tokenizer, examples: Sequence[SentimentExample], config: TrainConfig) -> list[Encoded]:
+    keep = config.max_length - 2
+    enc = tokenizer([e.text for e in examples], add_special_tokens=False, verbose=False)["input_ids"]
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    return [Encoded([cls, *head_tail(ids, keep, config.head_tokens), sep], e.label) for ids, e in zip(enc, examples)]
+
+
+def bio_to_spans(tags: Sequence[str], token_spans: Sequence[tuple[int, int]]) -> list[tuple[int, int, str]]:
+    """Character spans (start, end, type) of BIO-tagged tokens, read as seqeval reads them."""
+    spans: list[list] = []
+    prev = "O"
+    for tag, (s, e) in zip(tags, token_spans):
+        if tag == "O":
+            prev = "O"
+            continue
+        prefix, _, kind = tag.partition("-")
+        if prefix == "I" and prev != "O" and prev.partition("-")[2] == kind:
+            spans[-1][1] = e
+        else:
+            spans.append([s, e, kind])
+        prev = tag
+    return [tuple(x) for x in spans]  # type: ignore[misc]
+
+
+def word_labels(offsets, word_start: Sequence[bool], spans: Sequence[tuple[int, int, str]]) -> list[int]:
+    """A tag id for the first piece of each word, -100 elsewhere. A word is what the engine reads
+    (worker/nlp/ner.py): a token that does not continue the previous one with '##'. A word that
+    starts inside an entity but not at its start (the '.' of 'U.S.') continues it with I-."""
+    tag_id = {t: i for i, t in enumerate(NER_TAGS)}
+    labels = []
+    for (s, _e), first in zip(offsets, word_start):
+        if not first:
+            labels.append(-100)
+            continue
+        tag = "O"
+        for start, end, kind in spans:
+            if start <= s < end:
+                tag = ("B-" if s == start else "I-") + kind
+                break
+        labels.append(tag_id[tag])
+    return labels
+
+
+def encode_ner_spans(tokenizer, items: Sequence[tuple[str, Sequence[tuple[int, int, str]]]],
+                     config: TrainConfig) -> list[Encoded]:
+    """(text, entity char spans) pairs to training examples; long texts are cut to max_length."""
+    enc = tokenizer([t for t, _ in items], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    out = []
+    for ids, offsets, (_, spans) in zip(enc["input_ids"], enc["offset_mapping"], items):
+        ids, offsets = ids[: config.max_length - 2], offsets[: config.max_length - 2]
+        starts = [not vocab[i].startswith("##") for i in ids]
+        out.append(Encoded([cls, *ids, sep], [-100, *word_labels(offsets, starts, spans), -100]))
+    return out
+
+
+def encode_ner(tokenizer, sentences: Sequence[NerSentence], config: TrainConfig) -> list[Encoded]:
+    items = []
+    for s in sentences:
+        text, token_spans = sentence_text(s)
+        items.append((text, bio_to_spans(s.tags, token_spans)))
+    return encode_ner_spans(tokenizer, items, config)
+
+
+def make_batches(examples: list[Encoded], config: TrainConfig, rng: random.Random) -> list[list[int]]:
+    """Shuffle, then sort by length inside pools of many batches: little padding, still random."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    pool = 100 * config.max_batch_rows
+    batches: list[list[int]] = []
+    for k in range(0, len(order), pool):
+        chunk = sorted(order[k : k + pool], key=lambda i: len(examples[i].ids))
+        current: list[int] = []
+        longest = 0
+        for i in chunk:
+            n = len(examples[i].ids)
+            if current and ((len(current) + 1) * max(longest, n) > config.batch_tokens
+                            or len(current) == config.max_batch_rows):
+                batches.append(current)
+                current, longest = [], 0
+            current.append(i)
+            longest = max(longest, n)
+        if current:
+            batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Encoded], batch: list[int], pad_id: int, per_token: bool):
+    width = max(len(examples[i].ids) for i in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long) if per_token else torch.zeros(len(batch), dtype=torch.long)
+    for row, i in enumerate(batch):
+        ex = examples[i]
+        ids[row, : len(ex.ids)] = torch.tensor(ex.ids)
+        mask[row, : len(ex.ids)] = 1
+        if per_token:
+            labels[row, : len(ex.ids)] = torch.tensor(ex.labels)
+        else:
+            labels[row] = ex.labels
+    return ids, mask, labels
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float,
+                      temperature: float) -> torch.Tensor:
+    """a * CE + (1 - a) * T^2 * KL(teacher_T || student_T) over the labeled positions."""
+    keep = labels != -100
+    s, t, y = student[keep].float(), teacher[keep].float(), labels[keep]
+    ce = F.cross_entropy(s, y)
+    kl = F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1), log_target=True,
+                  reduction="batchmean")
+    return alpha * ce + (1 - alpha) * temperature**2 * kl
+
+
+def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_token: bool, teacher=None,
+        progress: Callable[[str], None] = print) -> dict:
+    """Train `model` in place; return statistics (steps, seconds, examples/s, final loss)."""
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    device = pick_device(config.device)
+    precision = pick_precision(config.precision, device)
+    if precision == "fp16" and device.type == "cpu":
+        precision = "bf16"
+    model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval()
+    epoch_batches = make_batches(examples, config, rng)
+    total_steps = max(1, math.ceil(len(epoch_batches) * config.epochs))
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+         "weight_decay": config.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    warmup = int(total_steps * config.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
+        else max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
+    started = time.monotonic()
+    seen = tokens = step = 0
+    running = None
+    while step < total_steps:
+        for batch in epoch_batches:
+            if step >= total_steps:
+                break
+            ids, mask, labels = (t.to(device) for t in collate(examples, batch, pad_id, per_token))
+            with autocast(device, precision):
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits
+            if teacher is not None:
+                loss = distillation_loss(logits, teacher_logits, labels, config.alpha, config.temperature)
+            else:
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                       ignore_index=-100)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += len(batch)
+            tokens += int(mask.sum())
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            if step % config.log_every == 0 or step == total_steps:
+                elapsed = time.monotonic() - started
+                eta = elapsed / step * (total_steps - step)
+                progress(f"step {step}/{total_steps} loss {running:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+                         f"{seen / elapsed:.1f} examples/s {tokens / elapsed:.0f} tokens/s "
+                         f"elapsed {elapsed / 60:.1f} min eta {eta / 60:.1f} min")
+        epoch_batches = make_batches(examples, config, rng)
+    model.eval()
+    elapsed = time.monotonic() - started
+    return {"steps": step, "examples": seen, "seconds": round(elapsed, 1), "examples_per_s": round(seen / elapsed, 1),
+            "final_loss": round(running or 0.0, 4), "precision": precision, "device": str(device),
+            "config": asdict(config)}
+
+
+def train_sentiment(model, tokenizer, examples: Sequence[SentimentExample], config: TrainConfig, teacher=None,
+                    progress: Callable[[str], None] = print) -> dict:
+    return fit(model, encode_sentiment(tokenizer, examples, config), config, tokenizer.pad_token_id, False,
+               teacher, progress)
+
+
+def train_ner(model, tokenizer, items: list[Encoded], config: TrainConfig, teacher=None,
+              progress: Callable[[str], None] = print) -> dict:
+    """`items` come from encode_ner (CoNLL sentences) or encode_ner_spans (texts with char spans)."""
+    return fit(model, items, config, tokenizer.pad_token_id, True, teacher, progress)
