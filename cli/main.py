@@ -514,16 +514,9 @@ def beat(ctx: Context, loglevel: str) -> None:
     app.start(["beat", "--loglevel", loglevel])
 
 
-def _register_optional_commands() -> None:
-    from cli.evaluate import evaluate
+from cli.evaluate import evaluate  # noqa: E402  (the group needs `main` defined first)
 
-    main.add_command(evaluate)
-
-
-try:
-    _register_optional_commands()
-except ImportError:  # pragma: no cover - cli.evaluate arrives with the training module
-    pass
+main.add_command(evaluate)
 
 
 if __name__ == "__main__":

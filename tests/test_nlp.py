@@ -98,3 +98,10 @@ def test_pickle_weights_are_refused(tmp_path, tiny_models):
     torch.save(model.state_dict(), only_pickle / "pytorch_model.bin")
     with pytest.raises(ModelLoadError):
         load_sentiment(str(only_pickle))
+
+
+def test_tiny_tokenizer_knows_its_words(tiny_models):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["sentiment"])
+    assert tok.convert_ids_to_tokens(tok("Great films!")["input_ids"]) == ["[CLS]", "great", "film", "##s", "!", "[SEP]"]

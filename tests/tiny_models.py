@@ -12,6 +12,8 @@ from transformers import (
     DistilBertTokenizerFast,
 )
 
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
 from worker.nlp.types import NER_TAGS, SENTIMENT_LABELS
 
 WORDS = """the a an and or but of to in on for with is was it this that film movie great good bad awful
@@ -20,18 +22,26 @@ paris london new york john smith mary warner bros disney oscar america american 
 """.split()
 
 
-def _vocab(path: Path) -> Path:
+def _vocab() -> list[str]:
     pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces += list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-:;()/<>&")
     pieces += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     pieces += WORDS
-    path.write_text("\n".join(dict.fromkeys(pieces)) + "\n")
-    return path
+    return list(dict.fromkeys(pieces))
 
 
 def make_tokenizer(directory: Path) -> DistilBertTokenizerFast:
+    """A real WordPiece tokenizer over a small vocabulary (BERT normalisation and pre-tokenisation)."""
     directory.mkdir(parents=True, exist_ok=True)
-    return DistilBertTokenizerFast(vocab_file=str(_vocab(directory / "vocab.txt")), do_lower_case=True)
+    vocab = {w: i for i, w in enumerate(_vocab())}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return DistilBertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
 SIZES = {

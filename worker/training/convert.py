@@ -64,6 +64,7 @@ def load_base() -> tuple[DistilBertModel, DistilBertTokenizerFast]:
                                                 strict=False)
     if missing or unexpected:
         raise RuntimeError(f"weight mapping incomplete: missing {missing}, unexpected {unexpected}")
-    tokenizer = DistilBertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True,
-                                        model_max_length=512)
+    tokenizer = DistilBertTokenizerFast.from_pretrained(str(directory), model_max_length=512)
+    if tokenizer.unk_token_id in tokenizer("the movie")["input_ids"]:
+        raise RuntimeError(f"the tokenizer in {directory} does not know common words: is its vocabulary missing?")
     return model, tokenizer

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -198,7 +199,7 @@ def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_to
         else max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
     started = time.monotonic()
     seen = tokens = step = 0
-    running = None
+    recent: deque[float] = deque(maxlen=50)  # the loss reported is the mean of the last 50 steps
     while step < total_steps:
         for batch in epoch_batches:
             if step >= total_steps:
@@ -222,7 +223,8 @@ def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_to
             step += 1
             seen += len(batch)
             tokens += int(mask.sum())
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            recent.append(loss.item())
+            running = sum(recent) / len(recent)
             if step % config.log_every == 0 or step == total_steps:
                 elapsed = time.monotonic() - started
                 eta = elapsed / step * (total_steps - step)
@@ -233,7 +235,7 @@ def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_to
     model.eval()
     elapsed = time.monotonic() - started
     return {"steps": step, "examples": seen, "seconds": round(elapsed, 1), "examples_per_s": round(seen / elapsed, 1),
-            "final_loss": round(running or 0.0, 4), "precision": precision, "device": str(device),
+            "final_loss": round(sum(recent) / max(1, len(recent)), 4), "precision": precision, "device": str(device),
             "config": asdict(config)}
 
 

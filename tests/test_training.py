@@ -1,0 +1,144 @@
+"""The training loop, distillation loss, label alignment and metrics, on tiny models."""
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+from cli.main import main
+from worker.nlp.types import Entity, NER_TAGS
+from worker.training import evaluate as ev
+from worker.training.data import NerSentence, SentimentExample, read_conll, sentence_text
+from worker.training.train import (
+    TrainConfig,
+    bio_to_spans,
+    distillation_loss,
+    encode_ner,
+    encode_sentiment,
+    head_tail,
+    train_ner,
+    train_sentiment,
+)
+
+POS = ["great film", "loved the acting", "good story", "great music and good acting", "loved it"]
+NEG = ["awful film", "boring plot", "terrible acting", "bad story and boring music", "hate it"]
+
+
+def toy_sentiment():
+    return [SentimentExample(t, 1) for t in POS] + [SentimentExample(t, 0) for t in NEG]
+
+
+def test_head_tail_keeps_both_ends():
+    assert head_tail(list(range(10)), 10, 3) == list(range(10))
+    assert head_tail(list(range(100)), 10, 3) == [0, 1, 2, 93, 94, 95, 96, 97, 98, 99]
+
+
+def test_sentiment_training_learns_a_toy_task(tiny_models):
+    tok = AutoTokenizer.from_pretrained(tiny_models["sentiment"])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["sentiment"])
+    data = toy_sentiment() * 8
+    cfg = TrainConfig(epochs=20, lr=3e-3, max_length=32, batch_tokens=64, warmup_ratio=0.0, log_every=1000,
+                      precision="fp32")
+    before = ev.evaluate_sentiment(str(tiny_models["sentiment"]), toy_sentiment())
+    stats = train_sentiment(model, tok, data, cfg, progress=lambda m: None)
+    assert stats["final_loss"] < 0.3  # the mean of the last 50 steps
+    model.save_pretrained(tiny_models["sentiment"].parent / "trained")
+    tok.save_pretrained(tiny_models["sentiment"].parent / "trained")
+    after = ev.evaluate_sentiment(str(tiny_models["sentiment"].parent / "trained"), toy_sentiment())
+    assert after["accuracy"] == 1.0 and after["accuracy"] > before["accuracy"]
+
+
+def test_distillation_loss_matches_its_formula():
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 2), torch.randn(4, 2)
+    y = torch.tensor([0, 1, 1, 0])
+    a, T = 0.3, 2.0
+    ce = torch.nn.functional.cross_entropy(s, y)
+    p = torch.softmax(t / T, -1)
+    kl = (p * (p.log() - torch.log_softmax(s / T, -1))).sum(-1).mean()
+    assert distillation_loss(s, t, y, a, T).item() == pytest.approx((a * ce + (1 - a) * T * T * kl).item(), rel=1e-5)
+    # Token classification: positions labelled -100 take no part.
+    s3, t3 = torch.randn(2, 3, 2), torch.randn(2, 3, 2)
+    y3 = torch.tensor([[0, -100, 1], [-100, 1, -100]])
+    keep = y3 != -100
+    assert distillation_loss(s3, t3, y3, a, T).item() == pytest.approx(
+        distillation_loss(s3[keep], t3[keep], y3[keep], a, T).item())
+    # With alpha = 1 it is plain cross-entropy; the teacher's view is irrelevant.
+    assert distillation_loss(s, t, y, 1.0, T).item() == pytest.approx(ce.item())
+
+
+def test_ner_labels_sit_on_the_first_piece_of_each_word(tiny_models):
+    tok = AutoTokenizer.from_pretrained(tiny_models["ner"])
+    s = NerSentence(["John", "Smith", "visited", "U.S.", "."], ["B-PER", "I-PER", "O", "B-LOC", "O"])
+    (enc,) = encode_ner(tok, [s], TrainConfig(max_length=64))
+    pieces = tok.convert_ids_to_tokens(enc.ids)
+    tags = {p: NER_TAGS[l] for p, l in zip(pieces, enc.labels) if l != -100}
+    assert pieces[0] == "[CLS]" and enc.labels[0] == -100 and enc.labels[-1] == -100
+    labelled = [(p, NER_TAGS[l]) for p, l in zip(pieces, enc.labels) if l != -100]
+    # 'u.s.' is four words to the engine: the first begins the entity, the rest continue it.
+    assert labelled[-5:] == [("u", "B-LOC"), (".", "I-LOC"), ("s", "I-LOC"), (".", "I-LOC"), (".", "O")]
+    assert all(not p.startswith("##") for p, _ in labelled) and tags
+
+
+def test_ner_training_learns_a_toy_task(tiny_models, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_models["ner"])
+    model = AutoModelForTokenClassification.from_pretrained(tiny_models["ner"])
+    sents = [NerSentence(["john", "smith", "loved", "paris"], ["B-PER", "I-PER", "O", "B-LOC"]),
+             NerSentence(["mary", "hated", "london"], ["B-PER", "O", "B-LOC"]),
+             NerSentence(["the", "film", "in", "new", "york"], ["O", "O", "O", "B-LOC", "I-LOC"])] * 10
+    cfg = TrainConfig(epochs=30, lr=3e-3, max_length=32, batch_tokens=64, warmup_ratio=0.0, log_every=1000,
+                      precision="fp32")
+    teacher = AutoModelForTokenClassification.from_pretrained(tiny_models["ner"])
+    stats = train_ner(model, tok, encode_ner(tok, sents, cfg), cfg, teacher=None, progress=lambda m: None)
+    assert stats["final_loss"] < 0.3
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    m = ev.evaluate_ner(str(tmp_path / "m"), sents[:3])
+    assert m["f1"] == 1.0 and m["entities"] == 5
+    # Distilling from an untrained teacher still runs and reports a finite loss.
+    stats = train_ner(model, tok, encode_ner(tok, sents, cfg), TrainConfig(epochs=1, precision="fp32"),
+                      teacher=teacher, progress=lambda m: None)
+    assert math.isfinite(stats["final_loss"])
+
+
+def test_seqeval_conventions():
+    assert ev.bio_spans(["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "I-ORG"]) == {
+        (0, 1, "PER"), (3, 4, "LOC"), (5, 5, "LOC"), (6, 6, "ORG")}
+    gold = [{(0, 1, "PER"), (3, 3, "LOC")}]
+    pred = [{(0, 1, "PER"), (3, 4, "LOC")}]  # a boundary off by one is a miss and a false alarm
+    m = ev.ner_metrics(gold, pred)
+    assert (m["precision"], m["recall"], m["f1"]) == (0.5, 0.5, 0.5)
+    assert m["per_type"]["PER"]["f1"] == 1.0 and m["per_type"]["LOC"]["f1"] == 0.0
+    s = ev.sentiment_metrics([1, 1, 0, 0], [1, 0, 0, 1])
+    assert s == {"accuracy": 0.5, "f1": 0.5, "n": 4}
+    _, spans = sentence_text(NerSentence(["New", "York", "rocks"], ["B-LOC", "I-LOC", "O"]))
+    assert ev.char_to_token_spans([Entity("LOC", "New York", 0, 8, 0.9)], spans) == {(0, 1, "LOC")}
+    assert bio_to_spans(["B-LOC", "I-LOC", "O"], spans) == [(0, 8, "LOC")]
+
+
+def test_evaluate_cli(tiny_models, tmp_path):
+    jsonl = tmp_path / "s.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t, "label": "positive"}) + "\n" for t in POS))
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text("label\tsentence\n1\tgreat film\n0\tawful film\n")
+    conll = tmp_path / "c.txt"
+    conll.write_text("-DOCSTART- O\n\njohn B-PER\nloved O\nparis B-LOC\n\nmary B-PER\n")
+    env = {"REVIEWS_DATABASE_URL": f"sqlite:///{tmp_path / 'none.db'}",
+           "REVIEWS_SENTIMENT_MODEL": str(tiny_models["sentiment"]), "REVIEWS_NER_MODEL": str(tiny_models["ner"]),
+           "REVIEWS_MAX_LENGTH": "64", "REVIEWS_WINDOW_STRIDE": "16"}
+    runner = CliRunner()
+    for path in (jsonl, tsv):
+        out = runner.invoke(main, ["evaluate", "sentiment", str(path)], env=env)
+        assert out.exit_code == 0, out.output
+        last = json.loads(out.output.strip().splitlines()[-1])
+        assert set(last) == {"accuracy", "f1", "n"} and last["n"] in (5, 2)
+    out = runner.invoke(main, ["evaluate", "ner", str(conll)], env=env)
+    assert out.exit_code == 0, out.output
+    last = json.loads(out.output.strip().splitlines()[-1])
+    assert last["n"] == 2 and last["entities"] == 3 and {"precision", "recall", "f1", "per_type"} <= set(last)
+    assert len(read_conll(conll)) == 2
+    bad = runner.invoke(main, ["evaluate", "sentiment", str(tsv), "--model", str(tmp_path / "nope")], env=env)
+    assert bad.exit_code == 1 and "no such directory" in bad.output
