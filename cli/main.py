@@ -377,6 +377,45 @@ def label(ctx: Context, file: str) -> None:
     click.echo(f"{report.added} labels added, {report.already_known} already known, {len(report.rejected)} lines rejected")
 
 
+@main.command()
+@click.option("--task", type=click.Choice(["sentiment", "ner", "all"]), default="all", show_default=True)
+@click.option("--wait", is_flag=True, help="Wait for the outcome and print it.")
+@click.option("--local", is_flag=True, help="Train in this process instead of on a trainer worker.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Weight of the label loss; the rest is distillation from the active version (1: no teacher).")
+@click.option("--temperature", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
+@click.option("--epochs", type=click.FloatRange(min=0.01), default=2.0, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0), default=3e-5, show_default=True)
+@pass_ctx
+def retrain(ctx: Context, task: str, wait: bool, local: bool, alpha: float, temperature: float, epochs: float,
+            lr: float) -> None:
+    """Fine-tune the active version on the human labels and promote the result if it is not worse."""
+    tasks = ["sentiment", "ner"] if task == "all" else [task]
+    options = dict(alpha=alpha, temperature=temperature, epochs=epochs, lr=lr)
+    with clear_errors():
+        sessions = ctx.sessions()
+        if local:
+            from worker import retrain as retraining
+
+            for t in tasks:
+                outcome = retraining.retrain(ctx.settings, sessions, t, 0, progress=lambda m: click.echo(m, err=True),
+                                             **options)
+                click.echo(json.dumps(outcome.as_dict()))
+            return
+        from worker.app import configure
+        from worker.tasks import app, check_broker
+        from worker.tasks import retrain as retrain_task
+
+        configure(app, ctx.settings)
+        check_broker()
+        sent = [(t, retrain_task.apply_async(args=[t], kwargs=options, queue="training")) for t in tasks]
+        for t, result in sent:
+            click.echo(f"{t} retrain sent to queue 'training': task {result.id}", err=True)
+        if wait:
+            for _, result in sent:
+                click.echo(json.dumps(result.get(propagate=True)))
+
+
 # -- model versions ---------------------------------------------------------------------------------
 
 

@@ -18,7 +18,10 @@ def configure(app: Celery, settings: Settings) -> Celery:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        task_ignore_result=True,  # progress lives in the database, not in a result backend
+        task_ignore_result=True,  # progress lives in the database; only retrain keeps its outcome
+        result_backend=settings.result_backend or (
+            settings.broker_url if settings.broker_url.startswith(("redis://", "rediss://")) else None),
+        result_expires=7 * 24 * 3600,
         # A batch is acknowledged after it is written, and given back if the worker dies mid-batch.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -29,7 +32,8 @@ def configure(app: Celery, settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         task_queues=[Queue("inference"), Queue("training")],
         task_default_queue="inference",
-        task_routes={"reviews.analyze": {"queue": "inference"}, "reviews.retrain": {"queue": "training"}},
+        task_routes={"reviews.analyze": {"queue": "inference"}, "reviews.retrain": {"queue": "training"},
+                     "reviews.scheduled_retrain": {"queue": "training"}},
         worker_hijack_root_logger=False,
         beat_schedule={
             "retrain": {

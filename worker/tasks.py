@@ -60,6 +60,25 @@ def analyze(self, job_id: int | None, review_ids: list[int]) -> int:
         return written
 
 
+@app.task(name="reviews.retrain", ignore_result=False)
+def retrain(task: str, min_new_labels: int = 0, **train_options) -> dict:
+    """Runs on a trainer (queue 'training'); the outcome is kept in the result backend for --wait."""
+    from . import retrain as retraining
+
+    rt = runtime()
+    return retraining.retrain(rt.settings, rt.sessions, task, min_new_labels, **train_options).as_dict()
+
+
+@app.task(name="reviews.scheduled_retrain")
+def scheduled_retrain() -> list[dict]:
+    """The beat schedule's entry: retrain each task that received enough labels since its active version."""
+    from . import retrain as retraining
+
+    rt = runtime()
+    return [retraining.retrain(rt.settings, rt.sessions, task, rt.settings.retrain_min_labels).as_dict()
+            for task in ("sentiment", "ner")]
+
+
 def enqueue_batch(job_id: int, review_ids: list[int]) -> None:
     analyze.apply_async(args=[job_id, review_ids], queue="inference")
 

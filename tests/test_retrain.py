@@ -1,0 +1,135 @@
+"""Retraining: versions, the promotion gate, the schedule, the lock, and the Celery path."""
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from celery.schedules import crontab
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from cli.main import main
+from conftest import make_settings, settings_env
+from worker import registry, retrain, tasks
+from worker.app import configure
+from worker.db import session_factory
+from worker.labels import label_key
+from worker.schema import Label, utcnow
+
+pytestmark = pytest.mark.redis
+
+POS = ["great", "good", "loved", "love"]
+NEG = ["awful", "terrible", "boring", "bad"]
+NOUNS = ["film", "movie", "plot", "acting", "story", "music", "ending", "scene"]
+FAST = dict(alpha=1.0, epochs=25, lr=3e-3)  # tiny models learn the toy task in seconds
+
+
+def toy_labels():
+    out = []
+    for adj in POS + NEG:
+        for noun in NOUNS:
+            for extra in ("", " and the director"):
+                out.append((f"the {noun} was {adj}{extra}", "positive" if adj in POS else "negative"))
+    return out
+
+
+def add_labels(url, pairs, source="test"):
+    with session_factory(url)() as s:
+        for text, sentiment in pairs:
+            s.add(Label(task="sentiment", key=label_key("sentiment", text, sentiment + source), text=text,
+                        sentiment=sentiment, source=source, created_at=utcnow()))
+        s.commit()
+
+
+@pytest.fixture
+def setup(migrated_sqlite, redis_url, tiny_models, tmp_path):
+    settings = make_settings(migrated_sqlite, tiny_models, model_dir=str(tmp_path / "versions"))
+    return settings, session_factory(migrated_sqlite)
+
+
+def test_gate_promotes_a_good_candidate_and_rejects_a_bad_one(setup):
+    settings, sessions = setup
+    labels = toy_labels()
+    assert 0 < sum(retrain.is_heldout(t) for t, _ in labels) < len(labels)
+    add_labels(settings.database_url, labels)
+    good = retrain.retrain(settings, sessions, "sentiment", progress=lambda m: None, **FAST)
+    assert good.status == "promoted", good
+    assert good.metrics["candidate"]["accuracy"] > good.metrics["active"]["accuracy"]
+    with sessions() as s:
+        v2 = registry.get(s, "sentiment", 2)
+        assert v2.status == "active" and v2.parent_id == registry.get(s, "sentiment", 1).id
+        assert registry.get(s, "sentiment", 1).status == "retired"
+        assert v2.train_counts["train"] + v2.train_counts["heldout"] == len(labels)
+    assert (Path(settings.model_dir) / "sentiment" / "2" / "model.safetensors").is_file()
+
+    # Labels flipped on the training side only: the candidate learns the opposite and must lose.
+    flipped = [(t, "negative" if y == "positive" else "positive") for t, y in labels if not retrain.is_heldout(t)]
+    add_labels(settings.database_url, flipped, source="flipped")
+    bad = retrain.retrain(settings, sessions, "sentiment", progress=lambda m: None, **FAST)
+    assert bad.status == "rejected" and "worse than active" in bad.reason
+    with sessions() as s:
+        assert registry.get(s, "sentiment", 3).status == "rejected"
+        assert registry.get(s, "sentiment", 3).metrics["candidate"]["accuracy"] < 0.5
+        assert registry.active_versions(s, settings)["sentiment"].version == 2
+
+
+def test_schedule_exists_and_skips_with_too_few_labels(setup):
+    settings, sessions = setup
+    settings = settings.with_(retrain_min_labels=50, retrain_schedule="30 2 * * *")
+    configure(tasks.app, settings)
+    tasks._runtime = None
+    entry = tasks.app.conf.beat_schedule["retrain"]
+    assert entry["task"] == "reviews.scheduled_retrain" and entry["options"]["queue"] == "training"
+    assert entry["schedule"] == crontab(minute="30", hour="2")
+    assert "reviews.scheduled_retrain" in tasks.app.tasks
+    add_labels(settings.database_url, toy_labels()[:10])
+    outcomes = tasks.scheduled_retrain.run()
+    tasks._runtime = None
+    assert [o["status"] for o in outcomes] == ["skipped", "skipped"]
+    assert "10 new sentiment labels since version 1; 50 needed" in outcomes[0]["reason"]
+    with sessions() as s:
+        assert [mv.version for mv in registry.versions(s, "sentiment")] == [1]
+
+
+def test_two_concurrent_retrains_of_one_task_do_not_overlap(setup):
+    settings, sessions = setup
+    add_labels(settings.database_url, toy_labels())
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def run():
+        barrier.wait()
+        outcomes.append(retrain.retrain(settings, sessions, "sentiment", progress=lambda m: None, **FAST))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(o.status for o in outcomes)
+    assert statuses == ["promoted", "skipped"], outcomes
+    assert "already running" in next(o.reason for o in outcomes if o.status == "skipped")
+    with sessions() as s:
+        assert [mv.version for mv in registry.versions(s, "sentiment")] == [1, 2]
+
+
+@pytest.mark.postgres
+def test_retrain_through_a_trainer_worker(migrated_pg, redis_url, tiny_models, tmp_path):
+    from celery.contrib.testing.worker import start_worker
+
+    settings = make_settings(migrated_pg, tiny_models, model_dir=str(tmp_path / "versions"))
+    add_labels(migrated_pg, toy_labels())
+    configure(tasks.app, settings)
+    tasks._runtime = None
+    env = settings_env(settings)
+    args = ["retrain", "--task", "sentiment", "--wait", "--alpha", "1", "--epochs", "25", "--lr", "0.003"]
+    with start_worker(tasks.app, pool="solo", perform_ping_check=False, queues=["training"], loglevel="WARNING",
+                      shutdown_timeout=60):
+        result = CliRunner().invoke(main, args, env=env)
+    tasks._runtime = None
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["status"] == "promoted" and outcome["version"] == 2
+    listing = CliRunner().invoke(main, ["models", "list", "--task", "sentiment"], env=env).output
+    assert "v2   active" in listing

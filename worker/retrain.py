@@ -1,0 +1,206 @@
+"""Scheduled or requested retraining: fine-tune the active version on the human labels, with the
+active version as teacher, evaluate candidate and active on the same held-out labels, and promote
+the candidate only if it is not worse than the active version by more than a tolerance.
+
+Knows nothing of Celery: worker/tasks.py wraps it, and `reviews retrain --local` calls it directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import registry
+from .config import Settings
+from .schema import Label
+
+log = logging.getLogger(__name__)
+
+HELDOUT_PERCENT = 20  # labels whose key hashes into this bucket are never trained on
+
+
+@dataclass
+class RetrainOutcome:
+    task: str
+    status: str  # promoted | rejected | skipped
+    reason: str
+    version: int | None = None
+    metrics: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"task": self.task, "status": self.status, "reason": self.reason, "version": self.version,
+                "metrics": self.metrics}
+
+
+class RetrainBusy(RuntimeError):
+    """Another retrain of the same task holds the lock."""
+
+
+def is_heldout(text: str) -> bool:
+    """A fixed split by a hash of the labelled text: a label stays on its side in every retrain, and
+    a corrected label for the same text lands where the old one was."""
+    return int(hashlib.sha256(("heldout:" + text).encode()).hexdigest(), 16) % 100 < HELDOUT_PERCENT
+
+
+def labels_since(session: Session, task: str, since) -> int:
+    q = select(func.count()).select_from(Label).where(Label.task == task)
+    if since is not None:
+        q = q.where(Label.created_at > since)
+    return session.scalar(q) or 0
+
+
+def latest_labels(session: Session, task: str) -> list[Label]:
+    """One label per text: the most recent one wins, so a corrected label replaces an old one."""
+    latest: dict[str, Label] = {}
+    for label in session.scalars(select(Label).where(Label.task == task).order_by(Label.id)):
+        latest[label.text] = label
+    return list(latest.values())
+
+
+@contextmanager
+def retrain_lock(settings: Settings, task: str, ttl: int = 6 * 3600):
+    """One retrain per task at a time, across every trainer and beat replica: a Redis lock with a
+    time-to-live, so a trainer that dies cannot hold it forever."""
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        yield  # no shared broker (an in-process retrain): nothing else can run one
+        return
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url)
+    lock = client.lock(f"reviews:retrain:{task}", timeout=ttl, blocking=False)
+    if not lock.acquire():
+        raise RetrainBusy(f"a {task} retrain is already running")
+    try:
+        yield
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:  # expired while training: someone else may hold it now
+            log.warning("the %s retrain lock expired before the retrain ended", task)
+
+
+@dataclass
+class FineTuned:
+    candidate_metrics: dict
+    active_metrics: dict
+    stats: dict
+
+
+def fine_tune(task: str, active_source: str, train: list[Label], heldout: list[Label], out_dir: Path,
+              settings: Settings, alpha: float = 0.5, temperature: float = 2.0, epochs: float = 2.0,
+              lr: float = 3e-5, progress: Callable[[str], None] = log.info) -> FineTuned:
+    """Fine-tune a copy of the active model on `train`, the active model as teacher (alpha = 1: no
+    teacher), save it to out_dir, and evaluate candidate and active on the same held-out labels."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+    from .nlp import load_ner, load_sentiment
+    from .nlp.types import SENTIMENT_LABELS
+    from .training import evaluate
+    from .training.build import save_half
+    from .training.data import SentimentExample
+    from .training.train import TrainConfig, encode_ner_spans, train_ner, train_sentiment
+
+    head = AutoModelForSequenceClassification if task == "sentiment" else AutoModelForTokenClassification
+    tokenizer = AutoTokenizer.from_pretrained(active_source)
+    student = head.from_pretrained(active_source, dtype=torch.float32, use_safetensors=True)
+    teacher = head.from_pretrained(active_source, dtype=torch.float32, use_safetensors=True) if alpha < 1 else None
+    config = TrainConfig(epochs=epochs, lr=lr, alpha=alpha, temperature=temperature, device=settings.device,
+                         max_length=min(256, student.config.max_position_embeddings), log_every=20)
+    if task == "sentiment":
+        examples = [SentimentExample(lb.text, SENTIMENT_LABELS.index(lb.sentiment)) for lb in train]
+        stats = train_sentiment(student, tokenizer, examples, config, teacher, progress)
+    else:
+        items = encode_ner_spans(tokenizer, [(lb.text, [(e["start"], e["end"], e["label"]) for e in lb.entities])
+                                             for lb in train], config)
+        stats = train_ner(student, tokenizer, items, config, teacher, progress)
+    save_half(student, tokenizer, out_dir)
+    options = dict(device=settings.device, precision=settings.precision, max_length=settings.max_length,
+                   stride=settings.window_stride, token_budget=settings.token_budget)
+    if task == "sentiment":
+        gold = [SentimentExample(lb.text, SENTIMENT_LABELS.index(lb.sentiment)) for lb in heldout]
+        measure = lambda src: evaluate.evaluate_sentiment(load_sentiment(src, **options), gold)  # noqa: E731
+    else:
+        texts = [lb.text for lb in heldout]
+        gold_spans = [{(e["start"], e["end"], e["label"]) for e in lb.entities} for lb in heldout]
+
+        def measure(src: str) -> dict:
+            predicted = [{(e.start, e.end, e.label) for e in ents} for ents in load_ner(src, **options).predict(texts)]
+            return evaluate.ner_metrics(gold_spans, predicted)
+    return FineTuned(measure(str(out_dir)), measure(active_source), stats)
+
+
+def retrain(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    task: str,
+    min_new_labels: int = 0,
+    progress: Callable[[str], None] = log.info,
+    **train_options,
+) -> RetrainOutcome:
+    """The whole retrain of one task. With min_new_labels > 0 (the schedule), it does nothing unless
+    that many labels arrived since the active version was made."""
+    try:
+        with retrain_lock(settings, task):
+            return _retrain_locked(settings, sessions, task, min_new_labels, progress, **train_options)
+    except RetrainBusy as exc:
+        return RetrainOutcome(task, "skipped", str(exc))
+
+
+def _retrain_locked(settings, sessions, task, min_new_labels, progress, **train_options) -> RetrainOutcome:
+    with sessions() as session:
+        active = registry.active_versions(session, settings)[task]
+        # Labels count as new when they arrived after the active version was made; the configured
+        # default (version 1) has seen none of them.
+        new = labels_since(session, task, active.created_at if active.parent_id else None)
+        labels = latest_labels(session, task)
+    needed = max(min_new_labels, 1)
+    if new < needed:
+        return RetrainOutcome(task, "skipped", f"{new} new {task} labels since version {active.version}; "
+                                               f"{needed} needed")
+    train = [lb for lb in labels if not is_heldout(lb.text)]
+    heldout = [lb for lb in labels if is_heldout(lb.text)]
+    if not train or not heldout:
+        return RetrainOutcome(task, "skipped", f"need labels on both sides of the split (train {len(train)}, "
+                                               f"held out {len(heldout)})")
+    progress(f"{task}: fine-tuning version {active.version} on {len(train)} labels, {len(heldout)} held out")
+    started = time.monotonic()
+    staging = Path(settings.model_dir) / task / f"staging-{os.getpid()}-{int(time.time())}"
+    result = fine_tune(task, active.source, train, heldout, staging, settings, progress=progress, **train_options)
+    with sessions() as session:
+        version = registry.next_version(session, task)
+        final_dir = staging.with_name(str(version))
+        if final_dir.exists():
+            shutil.rmtree(final_dir)  # left by a retrain that died before registering it
+        staging.rename(final_dir)
+        key = "accuracy" if task == "sentiment" else "f1"
+        cand, act = result.candidate_metrics[key], result.active_metrics[key]
+        tolerance = settings.promote_tolerance
+        metrics = {"candidate": result.candidate_metrics, "active": result.active_metrics, "gate_metric": key,
+                   "train_seconds": round(time.monotonic() - started, 1),
+                   "train_options": {k: v for k, v in train_options.items()}}
+        mv = registry.register(session, task, str(final_dir), "candidate", parent_id=active.id,
+                               train_counts={"train": len(train), "heldout": len(heldout), "new": new},
+                               metrics=metrics)
+        if cand >= act - tolerance:
+            registry.promote(session, task, mv.version,
+                             note=f"{key} {cand:.4f} vs active {act:.4f} on {len(heldout)} held-out labels")
+            status = "promoted"
+        else:
+            mv.status = "rejected"
+            mv.note = (f"{key} {cand:.4f} is worse than active {act:.4f} on {len(heldout)} held-out labels "
+                       f"by more than the tolerance {tolerance}")
+            status = "rejected"
+        session.commit()
+        progress(f"{task}: version {mv.version} {status}: {mv.note}")
+        return RetrainOutcome(task, status, mv.note, mv.version, metrics)
