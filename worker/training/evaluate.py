@@ -7,7 +7,7 @@ convention: an entity counts only when its type, start and end all match), overa
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..nlp import load_ner, load_sentiment
 from ..nlp.types import NER_TYPES, SENTIMENT_LABELS
@@ -61,7 +61,8 @@ def ner_metrics(gold: Sequence[set], predicted: Sequence[set]) -> dict:
         return {"precision": precision, "recall": recall, "f1": f1}
 
     total = prf(sum(counts["tp"].values()), sum(counts["gold"].values()), sum(counts["pred"].values()))
-    kinds = sorted(set(counts["gold"]) | set(counts["pred"]), key=lambda k: (k not in NER_TYPES, k))
+    kinds = sorted(set(counts["gold"]) | set(counts["pred"]),
+                   key=lambda k: (NER_TYPES.index(k) if k in NER_TYPES else len(NER_TYPES), k))
     per_type = {k: {**prf(counts["tp"][k], counts["gold"][k], counts["pred"][k]), "support": counts["gold"][k]}
                 for k in kinds}
     return {**total, "n": len(gold), "entities": sum(counts["gold"].values()), "per_type": per_type}
@@ -77,21 +78,37 @@ def char_to_token_spans(entities, token_spans: Sequence[tuple[int, int]]) -> set
     return out
 
 
-def evaluate_sentiment(model, examples: Sequence[SentimentExample], **engine_options) -> dict:
+def predict_in_chunks(model, texts: list[str], batch_size: int | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> list:
+    """model.predict over `texts`, `batch_size` texts per call (all at once when None), reporting
+    (done, total) after each call."""
+    step = batch_size or max(1, len(texts))
+    out: list = []
+    for k in range(0, len(texts), step):
+        out.extend(model.predict(texts[k : k + step]))
+        if progress is not None:
+            progress(len(out), len(texts))
+    return out
+
+
+def evaluate_sentiment(model, examples: Sequence[SentimentExample], batch_size: int | None = None,
+                       progress: Callable[[int, int], None] | None = None, **engine_options) -> dict:
     """`model` is a loaded SentimentModel or a directory / model id to load."""
     if isinstance(model, str):
         model = load_sentiment(model, **engine_options)
-    predictions = model.predict([e.text for e in examples])
+    predictions = predict_in_chunks(model, [e.text for e in examples], batch_size, progress)
     predicted = [SENTIMENT_LABELS.index(p.label) if p.label in SENTIMENT_LABELS else -1 for p in predictions]
     return sentiment_metrics([e.label for e in examples], predicted)
 
 
-def evaluate_ner(model, sentences: Sequence[NerSentence], **engine_options) -> dict:
-    """`model` is a loaded NerModel or a directory / model id to load."""
+def evaluate_ner(model, sentences: Sequence[NerSentence], batch_size: int | None = None,
+                 progress: Callable[[int, int], None] | None = None, **engine_options) -> dict:
+    """`model` is a loaded NerModel or a directory / model id to load. Each sentence is its tokens
+    joined by single spaces; predicted character spans are mapped back to token index spans."""
     if isinstance(model, str):
         model = load_ner(model, **engine_options)
     texts, spans = zip(*(sentence_text(s) for s in sentences)) if sentences else ((), ())
-    predictions = model.predict(list(texts))
+    predictions = predict_in_chunks(model, list(texts), batch_size, progress)
     gold = [bio_spans(s.tags) for s in sentences]
     predicted = [char_to_token_spans(p, ts) for p, ts in zip(predictions, spans)]
     return ner_metrics(gold, predicted)
