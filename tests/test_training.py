@@ -99,3 +99,38 @@ def test_ner_training_learns_a_toy_task(tiny_models, tmp_path):
     stats = train_ner(model, tok, encode_ner(tok, sents, cfg), TrainConfig(epochs=1, precision="fp32"),
                       teacher=teacher, progress=lambda m: None)
     assert math.isfinite(stats["final_loss"])
+
+
+def test_encode_sentiment_cuts_long_texts_head_and_tail(tiny_models):
+    tok = AutoTokenizer.from_pretrained(tiny_models["sentiment"])
+    long_text = "great " + "the " * 100 + "awful"
+    (short, long_), = [encode_sentiment(tok, [SentimentExample("loved it", 1), SentimentExample(long_text, 0)],
+                                        TrainConfig(max_length=16, head_tokens=4))]
+    pieces = tok.convert_ids_to_tokens(long_.ids)
+    assert len(long_.ids) == 16 and pieces[0] == "[CLS]" and pieces[-1] == "[SEP]"
+    assert pieces[1] == "great" and pieces[-2] == "awful" and long_.labels == 0
+    assert tok.convert_ids_to_tokens(short.ids) == ["[CLS]", "loved", "it", "[SEP]"] and short.labels == 1
+
+
+def test_bio_to_character_spans():
+    spans = [(0, 4), (5, 10), (11, 13), (14, 20)]
+    assert bio_to_spans(["B-PER", "I-PER", "O", "I-LOC"], spans) == [(0, 10, "PER"), (14, 20, "LOC")]
+    assert bio_to_spans(["B-PER", "B-PER", "I-ORG", "O"], spans) == [(0, 4, "PER"), (5, 10, "PER"), (11, 13, "ORG")]
+
+
+def test_readers_on_the_real_data():
+    from conftest import DATA
+    from worker.training import data
+
+    if not (DATA / "sst2" / "dev.tsv").exists():
+        pytest.skip(f"real labeled data not found at {DATA} (set REVIEWS_DATA_DIR)")
+    dev = data.read_glue_tsv(DATA / "sst2" / "dev.tsv")
+    assert len(dev) == 872 and {e.label for e in dev} == {0, 1} and all(e.text for e in dev)
+    valid = data.read_conll(DATA / "conll2003" / "valid.txt")
+    assert len(valid) == 3250 and all(len(s.tokens) == len(s.tags) for s in valid)
+    assert {t for s in valid for t in s.tags} == set(NER_TAGS)
+    assert not any(s.tokens[0] == "-DOCSTART-" for s in valid)
+    train, heldout = data.imdb_split(DATA / "imdb" / "train.jsonl.gz")
+    assert len(heldout) == data.IMDB_HELDOUT == 2000 and 22_900 < len(train) < 23_000
+    assert not {e.text for e in heldout} & {e.text for e in train}
+    assert 0.4 < sum(e.label for e in heldout) / len(heldout) < 0.6
