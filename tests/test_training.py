@@ -134,3 +134,23 @@ def test_readers_on_the_real_data():
     assert len(heldout) == data.IMDB_HELDOUT == 2000 and 22_900 < len(train) < 23_000
     assert not {e.text for e in heldout} & {e.text for e in train}
     assert 0.4 < sum(e.label for e in heldout) / len(heldout) < 0.6
+
+
+def test_model_card_states_recipe_long_text_handling_metrics_and_licence(tmp_path):
+    from argparse import Namespace
+    from dataclasses import asdict
+
+    from worker.training.build import rebuild_command, write_card
+
+    args = Namespace(epochs=1.0, lr=5e-5, max_length=256, batch_tokens=4096, max_batch_rows=64, head_tokens=64,
+                     imdb_train=8000)
+    stats = {"config": asdict(TrainConfig(max_length=256, head_tokens=64)), "steps": 1477, "seconds": 2049.0,
+             "examples_per_s": 36.8, "hardware": "AMD EPYC, 2 torch threads, no GPU",
+             "data": {"sst2_train": 67349, "imdb_train": 8000}, "command": rebuild_command(args, "sentiment"),
+             "metrics": {"sst2_dev": {"accuracy": 0.9, "f1": 0.9, "n": 872}}, "notes": ["a note"]}
+    write_card(tmp_path, "sentiment", stats)
+    card = (tmp_path / "README.md").read_text()
+    assert "python -m worker.training.build sentiment --epochs 1 --lr 5e-05 --max-length 256" in card
+    assert "the first 64 and the last 190" in card and "Sun et al. 2019" in card
+    assert "accuracy 0.9000" in card and "reviews evaluate sentiment ../shared/data/sst2/dev.tsv" in card
+    assert "34.1 minutes" in card and "AMD EPYC" in card and "- a note" in card and "Apache-2.0" in card

@@ -179,6 +179,22 @@ def write_card(out: Path, task: str, stats: dict) -> None:
                                                      for k, v in pm.items()))
         if name in commands:
             lines.append(f"  (`{commands[name]}`)")
+    if task == "sentiment":
+        lines += ["", "Protocol: SST-2 dev as GLUE ships it; IMDb: the last"
+                  f" {data.IMDB_HELDOUT:,} reviews of IMDb train, read whole by the engine (512-token windows"
+                  " with overlap, logits averaged). Accuracy, and F1 of the positive class."]
+    else:
+        lines += ["", "Protocol: each CoNLL-2003 valid sentence is its tokens joined by single spaces; the"
+                  " engine's character spans are mapped back to tokens and compared with the gold BIO spans,"
+                  " entity-level exact match (type, first and last token), as seqeval counts it."]
+    lines += ["", "## Limitations",
+              "- English only; uncased (`Apple` and `apple` look the same to it)."
+              + (" Trained on movie reviews and SST-2 phrases: other domains may need a retrain"
+                 " (`reviews retrain`) on labels of their own." if task == "sentiment" else
+                 " Trained on 1990s Reuters news: product and brand names common in reviews are often"
+                 " missed or typed MISC/ORG loosely; retrain on your own labels where that matters.")]
+    if stats.get("notes"):
+        lines += ["", "## Notes", *[f"- {n}" for n in stats["notes"]]]
     lines += ["", f"Files: {size_mb:.1f} MiB (fp16 safetensors, tokenizer, config).", "",
               "## Licence", "Apache-2.0, as the base model.", ""]
     (out / "README.md").write_text("\n".join(lines))
