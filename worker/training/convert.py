@@ -68,3 +68,21 @@ def load_base() -> tuple[DistilBertModel, DistilBertTokenizerFast]:
     if tokenizer.unk_token_id in tokenizer("the movie")["input_ids"]:
         raise RuntimeError(f"the tokenizer in {directory} does not know common words: is its vocabulary missing?")
     return model, tokenizer
+
+
+def save_base(out: Path | str) -> Path:
+    """Write the converted encoder (fp32) and its tokenizer to `out`, loadable with
+    DistilBertModel.from_pretrained / AutoTokenizer.from_pretrained."""
+    out = Path(out)
+    model, tokenizer = load_base()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m worker.training.convert OUT_DIR  (the base encoder as a DistilBertModel)")
+    print(save_base(sys.argv[1]))
