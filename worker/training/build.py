@@ -213,6 +213,8 @@ def main() -> None:
     ap.add_argument("--max-batch-rows", type=int, help="examples per step at most")
     ap.add_argument("--imdb-train", type=int, default=8000, help="IMDb train reviews to use (time on a CPU)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--card-only", action="store_true",
+                    help="only rewrite OUT/README.md from OUT/training.json (after a change to the card's text)")
     args = ap.parse_args()
     defaults = {"sentiment": dict(epochs=1.0, lr=5e-5, max_length=256, max_batch_rows=64),
                 "ner": dict(epochs=4.0, lr=1e-4, max_length=128, max_batch_rows=32)}
@@ -220,6 +222,11 @@ def main() -> None:
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.out = args.out or ROOT / "worker" / "models" / args.task
+    if args.card_only:
+        stats = json.loads((args.out / "training.json").read_text())
+        write_card(args.out, args.task, stats)
+        print(f"wrote {args.out / 'README.md'}")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
