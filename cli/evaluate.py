@@ -80,7 +80,8 @@ def _progress(what: str):
 
 
 def _load(task: str, source: str, ctx):
-    from worker.nlp import load_ner, load_sentiment
+    from worker.nlp.ner import load_ner
+    from worker.nlp.sentiment import load_sentiment
 
     started = time.monotonic()
     loaded = (load_sentiment if task == "sentiment" else load_ner)(source, **_engine_options(ctx))

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from cli.main import main
 from conftest import ROOT
 from worker.config import BUNDLED_NER, BUNDLED_SENTIMENT
-from worker.nlp import load_ner, load_sentiment
+from worker.nlp.ner import load_ner
+from worker.nlp.sentiment import load_sentiment
 
 pytestmark = pytest.mark.skipif(not (BUNDLED_SENTIMENT / "model.safetensors").exists()
                                 or not (BUNDLED_NER / "model.safetensors").exists(),

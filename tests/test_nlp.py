@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
-from worker.nlp import ModelLoadError, load_ner, load_sentiment
+from worker.nlp.ner import load_ner
+from worker.nlp.sentiment import load_sentiment
+from worker.nlp.types import ModelLoadError
 from worker.nlp.batching import Window, token_budget_batches, window_starts
 from worker.nlp.ner import decode_bio, stitch
 
@@ -105,3 +107,127 @@ def test_tiny_tokenizer_knows_its_words(tiny_models):
 
     tok = AutoTokenizer.from_pretrained(tiny_models["sentiment"])
     assert tok.convert_ids_to_tokens(tok("Great films!")["input_ids"]) == ["[CLS]", "great", "film", "##s", "!", "[SEP]"]
+
+
+# -- the fast DistilBERT forward, window rules, lazy imports ----------------------------------------
+
+
+def _batch(vocab_size: int, rows: int = 3, width: int = 40):
+    torch.manual_seed(1)
+    ids = torch.randint(5, vocab_size, (rows, width))
+    mask = torch.ones(rows, width, dtype=torch.long)
+    mask[1, 25:] = 0  # padded rows, as length-sorted batches have
+    mask[2, 7:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("task", ["sentiment", "ner"])
+def test_fast_forward_matches_transformers_in_fp32(tiny_models, task):
+    from worker.nlp import fast, loading
+
+    model, *_ = loading.load(str(tiny_models[task]), task, "cpu", "fp32")
+    assert fast.supports(model)
+    ids, mask = _batch(model.config.vocab_size)
+    with torch.inference_mode():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+        got = fast.DistilBertForward(model, per_token=task == "ner")(ids, mask)
+        full = fast.DistilBertForward(model, per_token=task == "ner", cls_only=False)(ids, mask)
+    keep = mask.bool() if task == "ner" else slice(None)  # padded positions of a token head are never read
+    assert torch.allclose(got[keep], expected[keep], atol=1e-5)
+    assert torch.allclose(full[keep], expected[keep], atol=1e-5)  # [CLS]-only last layer changes nothing
+
+
+def test_bf16_keeps_layernorms_and_embeddings_in_fp32(tiny_models):
+    s = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="bf16")
+    assert s.forward.fast
+    layer = s.model.distilbert.transformer.layer[0]
+    assert layer.attention.q_lin.weight.dtype == torch.bfloat16 and layer.ffn.lin2.weight.dtype == torch.bfloat16
+    assert layer.sa_layer_norm.weight.dtype == torch.float32
+    assert s.model.distilbert.embeddings.word_embeddings.weight.dtype == torch.float32
+    ids, mask = _batch(s.model.config.vocab_size)
+    with torch.inference_mode():
+        logits = s.forward(ids, mask)
+    assert logits.dtype == torch.float32
+
+
+def test_other_architectures_run_through_transformers_forward(tmp_path, tiny_models):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    directory = tmp_path / "bert"
+    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2,
+                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    BertForSequenceClassification(config).save_pretrained(directory)
+    for f in tiny_models["sentiment"].iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special")):
+            (directory / f.name).write_bytes(f.read_bytes())
+    s = load_sentiment(str(directory), precision="bf16")
+    assert not s.forward.fast
+    texts = ["the film was great " * 20, "bad"]
+    a = s.predict(texts)
+    b = load_sentiment(str(directory), precision="fp32").predict(texts)
+    assert [x.score for x in a] == pytest.approx([x.score for x in b], abs=2e-2)
+
+
+def test_owners_give_every_token_exactly_one_window():
+    from worker.nlp.batching import owners
+
+    spans = [(0, 62), (46, 62), (92, 62), (138, 62)]
+    owner = owners(200, spans)
+    assert owner.shape == (200,)
+    for k, (start, length) in enumerate(spans):
+        mine = (owner == k).nonzero().squeeze(1)
+        assert bool(((mine >= start) & (mine < start + length)).all())  # only tokens the window covers
+    assert owner[:40].eq(0).all() and owner[-40:].eq(3).all()
+    assert torch.bincount(owner).sum() == 200
+
+
+def test_combine_windows_rules():
+    from worker.nlp.sentiment import combine_windows
+
+    rows = [torch.tensor([3.0, 0.0]), torch.tensor([0.0, 3.0]), torch.tensor([0.0, 0.0])]
+    windows = [Window(0, 0, [1] * 10), Window(0, 6, [1] * 10), Window(0, 12, [1] * 10)]  # 22 tokens
+    parts = list(zip(windows, rows))
+    assert combine_windows(parts, 22, "mean").tolist() == pytest.approx([1.0, 1.0])
+    # Owned tokens: window 0 has tokens 0-7, window 1 tokens 8-13, window 2 tokens 14-21.
+    assert combine_windows(parts, 22, "owned").tolist() == pytest.approx([24 / 22, 18 / 22])
+    single = [(windows[0], torch.tensor([0.3, 0.7]))]
+    assert combine_windows(single, 10, "owned").tolist() == pytest.approx([0.3, 0.7])
+    with pytest.raises(ValueError):
+        combine_windows(parts, 22, "vote")
+
+
+def test_an_entity_in_a_window_overlap_is_decoded_once():
+    # Two windows over 12 tokens (one word each) overlap on tokens 4-7; both tag tokens 5-6 as a PER.
+    tags = ["O", "B-PER", "I-PER"]
+    a = torch.full((8, 3), -5.0)
+    a[:, 0] = 5.0
+    b = torch.full((8, 3), -5.0)
+    b[:, 0] = 5.0
+    a[5, 0], a[5, 1], a[6, 0], a[6, 2] = -5.0, 5.0, -5.0, 5.0  # tokens 5-6 in window a
+    b[1, 0], b[1, 1], b[2, 0], b[2, 2] = -5.0, 5.0, -5.0, 5.0  # the same tokens in window b (start 4)
+    tag_ids = stitch(12, [(0, a), (4, b)]).argmax(-1).tolist()
+    text = " ".join(f"w{i:02d}" for i in range(12))
+    words = [(i, 4 * i, 4 * i + 3) for i in range(12)]
+    ents = decode_bio(text, words, [tags[t] for t in tag_ids], [1.0] * 12)
+    assert [(e.label, e.start, e.end) for e in ents] == [("PER", 20, 27)]
+
+
+def test_long_review_entities_do_not_overlap(tiny_models):
+    n = load_ner(str(tiny_models["ner"]), max_length=64, stride=16, token_budget=256)
+    text = "John Smith met Mary in Paris and London for Warner Bros. " * 40
+    ents = n.predict([text])[0]
+    spans = [(e.start, e.end) for e in ents]
+    assert spans == sorted(spans) and len(set(spans)) == len(spans)
+    assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:]))  # no two entities share a character
+    assert all(text[e.start:e.end] == e.text for e in ents)
+
+
+def test_importing_the_result_types_does_not_import_torch_or_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, worker.nlp.types, cli.main; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "transformers" not in out

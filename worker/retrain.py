@@ -104,7 +104,8 @@ def fine_tune(task: str, active_source: str, train: list[Label], heldout: list[L
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
-    from .nlp import load_ner, load_sentiment
+    from .nlp.ner import load_ner
+    from .nlp.sentiment import load_sentiment
     from .nlp.types import SENTIMENT_LABELS
     from .training import evaluate
     from .training.build import save_half

@@ -14,7 +14,8 @@ import torch
 from . import registry
 from .config import Settings
 from .db import session_factory
-from .nlp import NerModel, SentimentModel, load_ner, load_sentiment
+from .nlp.ner import NerModel, load_ner
+from .nlp.sentiment import SentimentModel, load_sentiment
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,13 @@ padded size (rows x longest row) keeps the padding small and the memory bounded 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
-from .device import autocast
+from . import fast
+from .device import DTYPES, autocast
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,21 @@ def make_windows(encoded: list[Encoded], max_length: int, stride: int) -> list[W
     return out
 
 
+def owners(n_tokens: int, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """For every token, the index of the window (start, length) in which it sits furthest from an
+    edge, i.e. with the most context on both sides; the earlier window on a tie. Every token has
+    exactly one owner, so text that two windows share is counted once."""
+    best = torch.full((n_tokens,), -1, dtype=torch.long)
+    owner = torch.zeros(n_tokens, dtype=torch.long)
+    for k, (start, length) in enumerate(spans):
+        pos = torch.arange(start, start + length)
+        centrality = torch.minimum(pos - start, start + length - 1 - pos)
+        take = centrality > best[pos]
+        owner[pos[take]] = k
+        best[pos[take]] = centrality[take]
+    return owner
+
+
 def token_budget_batches(windows: list[Window], token_budget: int) -> list[list[int]]:
     """Indices of windows grouped so that rows x (longest row + 2) <= token_budget, longest first."""
     order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids), reverse=True)
@@ -72,8 +89,52 @@ def token_budget_batches(windows: list[Window], token_budget: int) -> list[list[
     return batches
 
 
+class Forward:
+    """How a loaded model is run: logits = forward(input_ids, attention_mask) inside context().
+
+    DistilBERT classifiers get the fast forward of fast.py, with their Linear weights stored in the
+    compute dtype (bf16/fp16) once; any other model runs transformers' forward, under autocast on CPU
+    (fp32 weights) or with all weights cast on CUDA.
+    """
+
+    def __init__(self, model, device: torch.device, precision: str, per_token: bool, use_fast: bool = True):
+        self.model, self.device, self.precision = model, device, precision
+        self.fast = use_fast and fast.supports(model)
+        if self.fast:
+            if precision != "fp32":
+                fast.cast_linears(model, DTYPES[precision])
+            self._forward = fast.DistilBertForward(model, per_token)
+        else:
+            if device.type == "cuda" and precision != "fp32":
+                model.to(dtype=DTYPES[precision])
+            self._forward = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+        model.to(device).eval()
+
+    def context(self):
+        if self.fast or self.device.type == "cuda":
+            return contextlib.nullcontext()
+        return autocast(self.device, self.precision)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._forward(input_ids, attention_mask)
+
+
+def pack(windows: list[Window], batch: list[int], cls_id: int, sep_id: int, pad_id: int):
+    """input_ids and attention_mask of one batch: [CLS] window [SEP], padded to the longest row."""
+    width = max(len(windows[i].ids) for i in batch) + 2
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, i in enumerate(batch):
+        n = len(windows[i].ids)
+        input_ids[row, 0] = cls_id
+        input_ids[row, 1 : n + 1] = torch.tensor(windows[i].ids, dtype=torch.long)
+        input_ids[row, n + 1] = sep_id
+        mask[row, : n + 2] = 1
+    return input_ids, mask
+
+
 def run_model(
-    model, tokenizer, windows: list[Window], token_budget: int, device, precision: str, per_token: bool
+    forward: Forward, tokenizer, windows: list[Window], token_budget: int, per_token: bool
 ) -> list[torch.Tensor]:
     """Logits for every window, in the windows' order, as float32 CPU tensors.
 
@@ -82,16 +143,10 @@ def run_model(
     """
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0
     results: list[torch.Tensor | None] = [None] * len(windows)
-    with torch.inference_mode(), autocast(device, precision):
+    with torch.inference_mode(), forward.context():
         for batch in token_budget_batches(windows, token_budget):
-            width = max(len(windows[i].ids) for i in batch) + 2
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                seq = [cls_id, *windows[i].ids, sep_id]
-                input_ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+            input_ids, mask = pack(windows, batch, cls_id, sep_id, pad_id)
+            logits = forward(input_ids.to(forward.device), mask.to(forward.device)).float().cpu()
             for row, i in enumerate(batch):
                 n = len(windows[i].ids)
                 results[i] = logits[row, 1 : n + 1] if per_token else logits[row]

@@ -14,6 +14,7 @@ class NerModel:
         self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
         self.options = options or EngineOptions()
         self.options.max_length = min(self.options.max_length, model.config.max_position_embeddings)
+        self.forward = batching.Forward(model, device, precision, per_token=True)
         self.tags = [model.config.id2label[i] for i in range(model.config.num_labels)]
         vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         # WordPiece marks word-internal pieces with "##"; the tag of a word is read at its first piece.
@@ -27,7 +28,7 @@ class NerModel:
         encoded = batching.encode(self.tokenizer, texts)
         windows = batching.make_windows(encoded, opts.max_length, opts.stride)
         logits = batching.run_model(
-            self.model, self.tokenizer, windows, opts.token_budget, self.device, self.precision, per_token=True
+            self.forward, self.tokenizer, windows, opts.token_budget, per_token=True
         )
         per_text: list[list[tuple[int, torch.Tensor]]] = [[] for _ in texts]
         for w, rows in zip(windows, logits):
@@ -46,15 +47,13 @@ class NerModel:
 
 def stitch(n_tokens: int, parts: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
     """One row of logits per token: where windows overlap, the window in which the token sits
-    furthest from an edge wins, since it saw the most context on both sides."""
-    best = torch.full((n_tokens,), -1, dtype=torch.long)
+    furthest from an edge wins, since it saw the most context on both sides. Exactly one window
+    speaks for each token, so an entity in an overlap is decoded once."""
+    owner = batching.owners(n_tokens, [(start, rows.shape[0]) for start, rows in parts])
     out = torch.zeros(n_tokens, parts[0][1].shape[-1])
-    for start, rows in parts:
-        pos = torch.arange(start, start + rows.shape[0])
-        centrality = torch.minimum(pos - start, start + rows.shape[0] - 1 - pos)
-        take = centrality > best[pos]
-        out[pos[take]] = rows[take]
-        best[pos[take]] = centrality[take]
+    for k, (start, rows) in enumerate(parts):
+        pos = (owner == k).nonzero().squeeze(1)
+        out[pos] = rows[pos - start]
     return out
 
 

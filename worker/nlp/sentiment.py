@@ -16,6 +16,7 @@ class EngineOptions:
     max_length: int = 512
     stride: int = 128
     max_chars: int = 100_000
+    window_rule: str = "mean"  # how a long review's windows are combined: "mean" or "owned" (combine_windows)
 
 
 class SentimentModel:
@@ -23,6 +24,7 @@ class SentimentModel:
         self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
         self.options = options or EngineOptions()
         self.options.max_length = min(self.options.max_length, model.config.max_position_embeddings)
+        self.forward = batching.Forward(model, device, precision, per_token=False)
         self.labels = [model.config.id2label[i].lower() for i in range(model.config.num_labels)]
         if len(self.labels) == 2 and not {"negative", "positive"} & set(self.labels):
             self.labels = list(SENTIMENT_LABELS)  # generic LABEL_0/LABEL_1 heads: index 1 is positive
@@ -39,19 +41,38 @@ class SentimentModel:
         encoded = batching.encode(self.tokenizer, [t[: opts.max_chars] for t in texts])
         windows = batching.make_windows(encoded, opts.max_length, opts.stride)
         logits = batching.run_model(
-            self.model, self.tokenizer, windows, opts.token_budget, self.device, self.precision, per_token=False
+            self.forward, self.tokenizer, windows, opts.token_budget, per_token=False
         )
-        sums = torch.zeros(len(texts), self.model.config.num_labels)
-        counts = torch.zeros(len(texts), 1)
+        per_text: list[list[tuple[batching.Window, torch.Tensor]]] = [[] for _ in texts]
         for w, row in zip(windows, logits):
-            sums[w.text_index] += row
-            counts[w.text_index] += 1
-        probs = torch.softmax(sums / counts, dim=-1)
+            per_text[w.text_index].append((w, row))
+        combined = [combine_windows(parts, len(enc.ids), opts.window_rule) for parts, enc in zip(per_text, encoded)]
+        probs = torch.softmax(torch.stack(combined), dim=-1)
         out = []
         for p in probs.tolist():
             best = max(range(len(p)), key=p.__getitem__)
             out.append(Sentiment(label=self.labels[best], probability=p[best], score=p[self.pos] - p[self.neg]))
         return out
+
+
+def combine_windows(parts: list[tuple[batching.Window, torch.Tensor]], n_tokens: int, rule: str = "mean"):
+    """One row of logits for a review from its windows' logits.
+
+    mean:  the plain mean of the windows' logits.
+    owned: each window weighted by the number of tokens it owns (batching.owners: a token belongs to
+           the window where it is most central), so text that two windows share counts once and a
+           last window that mostly repeats its neighbour weighs little.
+    """
+    if len(parts) == 1:
+        return parts[0][1]
+    rows = torch.stack([row for _, row in parts])
+    if rule == "mean":
+        return rows.mean(dim=0)
+    if rule != "owned":
+        raise ValueError(f"unknown window rule {rule!r}: use 'mean' or 'owned'")
+    owner = batching.owners(n_tokens, [(w.start, len(w.ids)) for w, _ in parts])
+    weights = torch.bincount(owner, minlength=len(parts)).float()
+    return (weights[:, None] * rows).sum(dim=0) / weights.sum()
 
 
 def load_sentiment(source: str, device: str = "auto", precision: str = "auto", **options) -> SentimentModel:

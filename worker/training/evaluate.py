@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable, Sequence
 
-from ..nlp import load_ner, load_sentiment
+from ..nlp.ner import load_ner
+from ..nlp.sentiment import load_sentiment
 from ..nlp.types import NER_TYPES, SENTIMENT_LABELS
 from .data import NerSentence, SentimentExample, sentence_text
 

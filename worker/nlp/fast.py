@@ -1,0 +1,99 @@
+"""An inference-only forward pass for DistilBERT classifiers, on the model's own weights.
+
+The math is that of transformers' DistilBERT; what differs is what gets computed and at what precision:
+
+- The residual stream, the embeddings and every LayerNorm stay in float32; only the matrix products
+  (the Linear layers and attention) run in the compute dtype (bf16 on CPUs with AVX-512 BF16).
+  The Linear weights are cast once at load time instead of on every call, and are stored in bf16,
+  so the model takes half the memory. Autocast, by contrast, kept the whole residual stream in bf16.
+- A sequence classifier reads only the [CLS] position of the last layer, so the last layer computes
+  keys and values for every token but the query, the attention output, and the feed-forward block
+  for [CLS] alone: about 5/6 of one layer's work is skipped.
+- Attention is torch's scaled_dot_product_attention with a key-padding mask, and no mask at all
+  when a batch has no padding (its fastest kernel).
+
+Any other architecture runs through transformers' own forward (see `forward_for`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def supports(model) -> bool:
+    """A DistilBERT with a sequence or token classification head, laid out as transformers has
+    done since its first release."""
+    base = getattr(model, "distilbert", None)
+    if base is None or getattr(model.config, "model_type", "") != "distilbert":
+        return False
+    head_ok = hasattr(model, "classifier") and (
+        type(model).__name__ == "DistilBertForTokenClassification"
+        or (type(model).__name__ == "DistilBertForSequenceClassification" and hasattr(model, "pre_classifier"))
+    )
+    try:
+        layer = base.transformer.layer[0]
+        parts = (layer.attention.q_lin, layer.attention.k_lin, layer.attention.v_lin, layer.attention.out_lin,
+                 layer.sa_layer_norm, layer.ffn.lin1, layer.ffn.lin2, layer.ffn.activation, layer.output_layer_norm,
+                 base.embeddings.word_embeddings, base.embeddings.position_embeddings, base.embeddings.LayerNorm)
+    except AttributeError:
+        return False
+    return head_ok and all(p is not None for p in parts)
+
+
+def cast_linears(model, dtype: torch.dtype) -> None:
+    """Store every Linear layer's weights in `dtype`; embeddings and LayerNorms keep float32."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.to(dtype)
+
+
+class DistilBertForward:
+    """logits = forward(input_ids, attention_mask), float32, for a DistilBERT classifier."""
+
+    def __init__(self, model, per_token: bool, cls_only: bool = True):
+        self.model = model
+        self.cls_only = cls_only and not per_token  # the last layer for [CLS] alone (sequence heads)
+        self.base = model.distilbert
+        self.layers = list(self.base.transformer.layer)
+        self.n_heads = model.config.n_heads
+        self.per_token = per_token
+        weight = getattr(model.classifier, "weight", None)
+        # The compute dtype of the matrix products; quantized Linears take float32 input.
+        self.dtype = weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        emb = self.base.embeddings
+        width = input_ids.shape[1]
+        h = emb.word_embeddings(input_ids) + emb.position_embeddings.weight[:width]
+        h = emb.LayerNorm(h.float())
+        keep = attention_mask.bool()
+        mask = None if bool(keep.all()) else keep[:, None, None, :]  # (batch, 1, 1, keys): True = attend
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = self._layer(layer, h, mask, cls_only=self.cls_only and i == last)
+        if self.per_token:
+            return self.model.classifier(h.to(self.dtype)).float()
+        pooled = F.relu(self.model.pre_classifier(h[:, 0].to(self.dtype)))
+        return self.model.classifier(pooled).float()
+
+    def _layer(self, layer, h: torch.Tensor, mask: torch.Tensor | None, cls_only: bool) -> torch.Tensor:
+        att, dt = layer.attention, self.dtype
+        batch, width, dim = h.shape
+        x = h.to(dt)
+        residual = h[:, :1] if cls_only else h
+        queries = x[:, :1] if cls_only else x
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, -1, self.n_heads, dim // self.n_heads).transpose(1, 2)
+
+        q, k, v = heads(att.q_lin(queries)), heads(att.k_lin(x)), heads(att.v_lin(x))
+        if q.dtype != k.dtype:  # quantized Linears return float32 whatever came in
+            q, k, v = q.to(dt), k.to(dt), v.to(dt)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        a = att.out_lin(a.transpose(1, 2).reshape(batch, -1, dim))
+        h = layer.sa_layer_norm(a.float() + residual)
+        ffn = layer.ffn
+        f = ffn.lin2(ffn.activation(ffn.lin1(h.to(dt))))
+        return layer.output_layer_norm(f.float() + h)
