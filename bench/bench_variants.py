@@ -1,0 +1,171 @@
+"""What each engine change is worth: engine variants on the same real reviews, in one process, rounds
+interleaved so that a noisy machine hits every variant alike.
+
+    python bench/bench_variants.py --reviews 128 --rounds 3            # sentiment, random DistilBERT-base
+    python bench/bench_variants.py --task ner --reviews 128
+    python bench/bench_variants.py --model-size bundled
+
+Every variant runs `predict` over the reviews in chunks of --batch-size (what a worker does with one
+queue message) and reports the median over the rounds, its ratio to the first variant (the engine as
+it was before: transformers' forward under bf16 autocast, token budget 8192), and its agreement with
+float32 (labels, or entity spans exact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.common import chunks, entity_agreement, label_agreement, machine, model_dirs, now, real_reviews  # noqa: E402
+from worker.nlp import batching, fast  # noqa: E402
+from worker.nlp.ner import load_ner  # noqa: E402
+from worker.nlp.sentiment import load_sentiment  # noqa: E402
+
+
+def variant(task: str, path: str, precision: str = "bf16", use_fast: bool = True, cls_only: bool = True,
+            budget: int = 8192, int8: bool = False, compile_: bool = False, attn: str | None = None,
+            pad_to: int = 1):
+    """A loaded engine set up one way."""
+    loader = load_sentiment if task == "sentiment" else load_ner
+    engine = loader(path, device="cpu", precision="fp32" if int8 else precision, token_budget=budget)
+    model = engine.model
+    if not use_fast:  # transformers' forward on a freshly loaded copy
+        engine.forward = _hf_forward(task, path, precision)
+        engine.model = model = engine.forward.model
+    if attn:
+        for m in model.modules():
+            if hasattr(m, "config"):
+                m.config._attn_implementation = attn
+    if int8:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        engine.forward._forward = fast.DistilBertForward(model, per_token=task == "ner")
+    if not cls_only:
+        engine.forward._forward.cls_only = False
+    if compile_:
+        engine.forward._forward = torch.compile(engine.forward._forward, dynamic=True)
+    if pad_to > 1:
+        engine.forward._forward = _padded(engine.forward._forward, pad_to)
+    return engine
+
+
+def _hf_forward(task: str, path: str, precision: str) -> batching.Forward:
+    from worker.nlp import loading
+
+    model, _, dev, prec = loading.load(path, task, "cpu", precision)
+    return batching.Forward(model, dev, prec, per_token=task == "ner", use_fast=False)
+
+
+def _padded(forward, multiple: int):
+    def run(ids, mask):
+        width = ids.shape[1]
+        extra = -width % multiple
+        if extra:
+            ids = torch.nn.functional.pad(ids, (0, extra))
+            mask = torch.nn.functional.pad(mask, (0, extra))
+        out = forward(ids, mask)
+        return out[:, :width] if out.dim() == 3 else out
+
+    return run
+
+
+def hf_bf16_weights(task: str, path: str):
+    """transformers' forward with every weight in bf16, no autocast."""
+    loader = load_sentiment if task == "sentiment" else load_ner
+    engine = loader(path, device="cpu", precision="fp32")
+    fwd = _hf_forward(task, path, "fp32")
+    fwd.model.to(torch.bfloat16)
+    engine.forward, engine.model = fwd, fwd.model
+    return engine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reviews", type=int, default=128)
+    ap.add_argument("--task", choices=["sentiment", "ner"], default="sentiment")
+    ap.add_argument("--model-size", choices=["base", "small", "bundled"], default="base")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64, help="reviews per predict call (a queue message)")
+    ap.add_argument("--only", help="comma-separated variant numbers to run (1 is always run)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--best", action="store_true", help="report the best round instead of the median "
+                    "(the better estimate where other jobs share the machine)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    path = model_dirs(args.model_size)[args.task]
+    texts = [r["text"] for r in real_reviews(args.reviews)]
+    task = args.task
+    specs: list[tuple[str, str, object]] = [
+        ("engine before: HF forward, bf16 autocast, budget 8192", "1.00", lambda: variant(task, path, use_fast=False)),
+        ("HF forward, fp32", "~0.45", lambda: variant(task, path, precision="fp32", use_fast=False)),
+        ("HF forward, bf16 weights, no autocast", "1.00-1.05", lambda: hf_bf16_weights(task, path)),
+        ("HF forward, bf16 autocast, eager attention", "0.90-1.0", lambda: variant(task, path, use_fast=False, attn="eager")),
+        ("fast forward, fp32", "~0.45", lambda: variant(task, path, precision="fp32")),
+        ("fast forward, bf16 Linears, all positions", "1.00-1.05", lambda: variant(task, path, cls_only=False)),
+        ("fast forward, bf16, CLS-only last layer [new default]", "1.15 (sentiment)", lambda: variant(task, path)),
+        ("  ... token budget 1024", "0.95-1.05", lambda: variant(task, path, budget=1024)),
+        ("  ... token budget 2048", "0.95-1.05", lambda: variant(task, path, budget=2048)),
+        ("  ... token budget 4096", "0.95-1.05", lambda: variant(task, path, budget=4096)),
+        ("  ... token budget 16384", "0.95-1.05", lambda: variant(task, path, budget=16384)),
+        ("  ... widths padded to a multiple of 16", "1.00-1.05", lambda: variant(task, path, pad_to=16)),
+        ("  ... int8 dynamic quantization instead of bf16", "0.8-1.2", lambda: variant(task, path, int8=True)),
+        ("  ... torch.compile (inductor, dynamic shapes)", "1.05-1.3", lambda: variant(task, path, compile_=True)),
+        ("  ... token budget 2048 + int8 dynamic quantization", "", lambda: variant(task, path, budget=2048, int8=True)),
+        ("  ... token budget 3072", "", lambda: variant(task, path, budget=3072)),
+    ]
+    if args.only:
+        keep = {1} | {int(x) for x in args.only.split(",")}
+        specs = [s for k, s in enumerate(specs, 1) if k in keep]
+
+    print(f"# engine variants, {task}, {args.model_size} model, {len(texts)} real IMDb reviews, "
+          f"predict in chunks of {args.batch_size}, "
+          f"{'best' if args.best else 'median'} of {args.rounds} rounds")
+    print(f"# {machine()}; {now()}")
+    reference = variant(task, path, precision="fp32", use_fast=False)
+    ref_out = [o for c in chunks(texts, args.batch_size) for o in reference.predict(c)]
+    del reference
+
+    engines, setup = [], []
+    for name, _, build in specs:
+        started = time.perf_counter()
+        engine = build()
+        engine.predict(texts[:16])  # warm-up (and compilation)
+        setup.append(time.perf_counter() - started)
+        print(f"  ready: {name} ({setup[-1]:.1f} s)", file=sys.stderr, flush=True)
+        engines.append(engine)
+    times: list[list[float]] = [[] for _ in specs]
+    outputs: list[list] = [[] for _ in specs]
+    for r in range(args.rounds):
+        for k, engine in enumerate(engines):
+            started = time.perf_counter()
+            out = [o for c in chunks(texts, args.batch_size) for o in engine.predict(c)]
+            times[k].append(time.perf_counter() - started)
+            outputs[k] = out
+            print(f"  round {r + 1}: {specs[k][0]}: {len(texts) / times[k][-1]:.2f} reviews/s", file=sys.stderr,
+                  flush=True)
+    pick = min if args.best else statistics.median
+    base = pick(times[0])
+    print(f"{'variant':58} {'predicted':>16} {'reviews/s':>9} {'ratio':>6} {'agree':>7} {'setup s':>7}")
+    for k, (name, predicted, _) in enumerate(specs):
+        t = pick(times[k])
+        if task == "sentiment":
+            agree = f"{100 * label_agreement(outputs[k], ref_out):.1f}%"
+        else:
+            recall, precision = entity_agreement(outputs[k], ref_out)
+            agree = f"{100 * min(recall, precision):.1f}%"
+        print(f"{name:58} {predicted:>16} {len(texts) / t:9.2f} {base / t:6.2f} {agree:>7} {setup[k]:7.1f}")
+
+
+if __name__ == "__main__":
+    main()

