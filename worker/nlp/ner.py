@@ -5,15 +5,14 @@ from __future__ import annotations
 import torch
 
 from . import batching, loading
-from .sentiment import EngineOptions
+from .sentiment import EngineOptions, fit_options
 from .types import Entity
 
 
 class NerModel:
     def __init__(self, model, tokenizer, device, precision: str, options: EngineOptions | None = None):
         self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
-        self.options = options or EngineOptions()
-        self.options.max_length = min(self.options.max_length, model.config.max_position_embeddings)
+        self.options = fit_options(options or EngineOptions(), model, device)
         self.forward = batching.Forward(model, device, precision, per_token=True)
         self.tags = [model.config.id2label[i] for i in range(model.config.num_labels)]
         vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))

@@ -12,7 +12,7 @@ from .types import SENTIMENT_LABELS, Sentiment
 
 @dataclass
 class EngineOptions:
-    token_budget: int = 8192
+    token_budget: int = 0  # padded tokens per forward pass; 0: batching.default_token_budget(device)
     max_length: int = 512
     stride: int = 128
     max_chars: int = 100_000
@@ -22,8 +22,7 @@ class EngineOptions:
 class SentimentModel:
     def __init__(self, model, tokenizer, device, precision: str, options: EngineOptions | None = None):
         self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
-        self.options = options or EngineOptions()
-        self.options.max_length = min(self.options.max_length, model.config.max_position_embeddings)
+        self.options = fit_options(options or EngineOptions(), model, device)
         self.forward = batching.Forward(model, device, precision, per_token=False)
         self.labels = [model.config.id2label[i].lower() for i in range(model.config.num_labels)]
         if len(self.labels) == 2 and not {"negative", "positive"} & set(self.labels):
@@ -53,6 +52,14 @@ class SentimentModel:
             best = max(range(len(p)), key=p.__getitem__)
             out.append(Sentiment(label=self.labels[best], probability=p[best], score=p[self.pos] - p[self.neg]))
         return out
+
+
+def fit_options(options: EngineOptions, model, device) -> EngineOptions:
+    """Options as a model and device allow: windows no longer than the model's positions, and a
+    token budget for the device when none was set."""
+    options.max_length = min(options.max_length, model.config.max_position_embeddings)
+    options.token_budget = options.token_budget or batching.default_token_budget(device)
+    return options
 
 
 def combine_windows(parts: list[tuple[batching.Window, torch.Tensor]], n_tokens: int, rule: str = "mean"):

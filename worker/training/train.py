@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..nlp.batching import group_by_budget
 from ..nlp.device import autocast, pick_device, pick_precision
 from ..nlp.types import NER_TAGS
 from .data import NerSentence, SentimentExample, sentence_text
@@ -125,21 +126,11 @@ def make_batches(examples: list[Encoded], config: TrainConfig, rng: random.Rando
     order = list(range(len(examples)))
     rng.shuffle(order)
     pool = 100 * config.max_batch_rows
+    lengths = [len(e.ids) for e in examples]
     batches: list[list[int]] = []
     for k in range(0, len(order), pool):
-        chunk = sorted(order[k : k + pool], key=lambda i: len(examples[i].ids))
-        current: list[int] = []
-        longest = 0
-        for i in chunk:
-            n = len(examples[i].ids)
-            if current and ((len(current) + 1) * max(longest, n) > config.batch_tokens
-                            or len(current) == config.max_batch_rows):
-                batches.append(current)
-                current, longest = [], 0
-            current.append(i)
-            longest = max(longest, n)
-        if current:
-            batches.append(current)
+        chunk = sorted(order[k : k + pool], key=lengths.__getitem__)
+        batches += group_by_budget(chunk, lengths, config.batch_tokens, config.max_batch_rows)
     rng.shuffle(batches)
     return batches
 
