@@ -7,8 +7,8 @@ The last records of imdb/train.jsonl.gz are held out from the bundled model's tr
 review is tokenized once and cut into the engine's windows (max_length 512, stride 128); the
 windows' logits are computed once, then combined in several ways:
 
-  head       the first window only: what truncation to 512 tokens gives
-  tail       the last window only
+  head       the first 510 tokens only: what truncation to 512 tokens gives
+  tail       the last 510 tokens only
   mean       mean of the windows' logits (the engine's rule before this comparison)
   mean-prob  mean of the windows' probabilities
   owned      logits weighted by how many tokens each window "owns" (a token belongs to the window
@@ -71,22 +71,28 @@ def main() -> None:
         per_text: list[list[tuple[batching.Window, torch.Tensor]]] = [[] for _ in texts]
         for w, row in zip(windows, logits):
             per_text[w.text_index].append((w, row))
-        # head+tail inputs for the long reviews (a short one is read whole, by every rule)
+        # Single-input readings of the long reviews (a short one is read whole, by every rule): the
+        # first `size` tokens (truncation), the last, and head+tail.
         head_n = min(128, size // 4)
-        ht_windows = [batching.Window(i, 0, enc.ids[:head_n] + enc.ids[len(enc.ids) - (size - head_n):])
-                      for i, enc in enumerate(encoded) if len(enc.ids) > size]
-        ht_logits = batching.run_model(engine.forward, engine.tokenizer, ht_windows, opts.token_budget,
-                                       per_token=False)
-        head_tail = {w.text_index: row for w, row in zip(ht_windows, ht_logits)}
+        long = [(i, enc.ids) for i, enc in enumerate(encoded) if len(enc.ids) > size]
+        single = {
+            "head": [batching.Window(i, 0, ids[:size]) for i, ids in long],
+            "tail": [batching.Window(i, 0, ids[-size:]) for i, ids in long],
+            "head+tail": [batching.Window(i, 0, ids[:head_n] + ids[len(ids) - (size - head_n):]) for i, ids in long],
+        }
+        read = {}
+        for kind, ws in single.items():
+            rows_ = batching.run_model(engine.forward, engine.tokenizer, ws, opts.token_budget, per_token=False)
+            read[kind] = {w.text_index: row for w, row in zip(ws, rows_)}
         rules = {
-            f"head (truncate to {max_length})": lambda i, parts: parts[0][1],
-            f"tail (last {max_length})": lambda i, parts: parts[-1][1],
+            f"head (truncate to {max_length})": lambda i, parts: read["head"].get(i, parts[0][1]),
+            f"tail (last {max_length})": lambda i, parts: read["tail"].get(i, parts[0][1]),
             "windows: mean of logits": lambda i, parts: combine_windows(parts, len(encoded[i].ids), "mean"),
             "windows: mean of probabilities": lambda i, parts: torch.stack([r.softmax(-1) for _, r in parts]).mean(0),
             "windows: owned-token weights": lambda i, parts: combine_windows(parts, len(encoded[i].ids), "owned"),
             "windows: most confident window": lambda i, parts: max((r for _, r in parts),
                                                                    key=lambda r: float(r.softmax(-1).max())),
-            f"head+tail ({head_n} + {size - head_n})": lambda i, parts: head_tail.get(i, parts[0][1]),
+            f"head+tail ({head_n} + {size - head_n})": lambda i, parts: read["head+tail"].get(i, parts[0][1]),
         }
         for name, rule in rules.items():
             pred = [engine.labels[int(rule(i, parts).argmax())] for i, parts in enumerate(per_text)]

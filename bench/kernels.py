@@ -1,0 +1,64 @@
+"""What this machine's kernels can do: throughput of DistilBERT-base's matrix products and of
+attention, per precision. It bounds what any engine can gain over float32 here.
+
+    python bench/kernels.py
+
+Linear: the shapes of DistilBERT-base (768 -> 768 for q/k/v/out, 768 -> 3072 for the feed-forward),
+rows = tokens in a batch. Attention: torch's scaled_dot_product_attention, 12 heads of 64.
+Also int8 dynamic quantization (torch.ao), the usual CPU alternative to bf16.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bench.common import machine, now  # noqa: E402
+
+
+def seconds(fn, rounds: int = 5) -> float:
+    fn()
+    started = time.perf_counter()
+    for _ in range(rounds):
+        fn()
+    return (time.perf_counter() - started) / rounds
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    print(f"# {machine()}; {now()}")
+    print(f"{'kernel':44} {'fp32 GFLOP/s':>12} {'bf16 GFLOP/s':>12} {'bf16/fp32':>9} {'int8 GOP/s':>10}")
+    with torch.inference_mode():
+        for rows in (512, 2048, 8192):
+            for d_in, d_out, name in ((768, 768, "q/k/v/out"), (768, 3072, "feed-forward in")):
+                flops = 2 * rows * d_in * d_out
+                x = torch.randn(rows, d_in)
+                lin = torch.nn.Linear(d_in, d_out)
+                fp32 = seconds(lambda: lin(x))
+                lin16, x16 = torch.nn.Linear(d_in, d_out).to(torch.bfloat16), x.to(torch.bfloat16)
+                bf16 = seconds(lambda: lin16(x16))
+                q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
+                                                           dtype=torch.qint8)
+                int8 = seconds(lambda: q(x))
+                print(f"{f'linear {name}, {rows} rows':44} {flops / fp32 / 1e9:12.0f} {flops / bf16 / 1e9:12.0f} "
+                      f"{fp32 / bf16:9.2f} {flops / int8 / 1e9:10.0f}")
+        for batch, width in ((64, 128), (16, 512)):
+            flops = 4 * batch * 12 * width * width * 64
+            q = torch.randn(batch, 12, width, 64)
+            fp32 = seconds(lambda: F.scaled_dot_product_attention(q, q, q))
+            q16 = q.to(torch.bfloat16)
+            bf16 = seconds(lambda: F.scaled_dot_product_attention(q16, q16, q16))
+            print(f"{f'attention {batch} x {width} tokens':44} {flops / fp32 / 1e9:12.0f} {flops / bf16 / 1e9:12.0f} "
+                  f"{fp32 / bf16:9.2f} {'':>10}")
+
+
+if __name__ == "__main__":
+    main()
