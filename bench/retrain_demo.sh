@@ -27,6 +27,7 @@ evaluate() {  # model directory, name
 evaluate worker/models/sentiment "default (version 1)"
 for alpha in 0.5 1.0; do
   export REVIEWS_HOME="$WORK/alpha-$alpha"
+  reviews db upgrade
   reviews label "$WORK/labels.jsonl"
   start=$(date +%s)
   # Promotion is decided by the service's own gate; the tolerance is opened here so that the
