@@ -247,3 +247,28 @@ def test_importing_the_result_types_does_not_import_torch_or_transformers():
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "transformers" not in out
+
+
+def test_int8_quantizes_every_linear_and_agrees_in_sign_with_fp32(tiny_models):
+    texts = ["the film was great " * 30, "bad", "an average evening at the cinema"]
+    ref = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").predict(texts)
+    s = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="int8")
+    assert s.forward.fast and not any(type(m) is torch.nn.Linear for m in s.model.modules())
+    got = s.predict(texts)
+    assert [g.score for g in got] == pytest.approx([r.score for r in ref], abs=0.05)
+    assert n_entities_ok(load_ner(str(tiny_models["ner"]), device="cpu", precision="int8").predict(texts), texts)
+
+
+def n_entities_ok(entities, texts) -> bool:
+    return all(text[e.start:e.end] == e.text for ents, text in zip(entities, texts) for e in ents)
+
+
+def test_int8_is_refused_on_cuda_and_unknown_precisions_in_settings(tiny_models):
+    from worker.config import Settings
+    from worker.nlp import batching, loading
+
+    model, *_ = loading.load(str(tiny_models["sentiment"]), "sentiment", "cpu", "fp32")
+    with pytest.raises(ValueError, match="CPU only"):
+        batching.Forward(model, torch.device("cuda"), "int8", per_token=False)
+    with pytest.raises(ValueError, match="int8"):
+        Settings(precision="int4")

@@ -26,7 +26,7 @@ class Settings:
     sentiment_model: str = str(BUNDLED_SENTIMENT)
     ner_model: str = str(BUNDLED_NER)
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (CPU)
     batch_size: int = 64  # reviews per Celery message
     token_budget: int = 0  # padded tokens per forward pass; 0: 2048 on CPU, 16384 on CUDA
     max_length: int = 512  # tokens per window, model limit
@@ -50,8 +50,8 @@ class Settings:
             object.__setattr__(self, "model_dir", str(data_dir / "models"))
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"REVIEWS_DEVICE must be auto, cpu or cuda, not {self.device!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"REVIEWS_PRECISION must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
+            raise ValueError(f"REVIEWS_PRECISION must be auto, fp32, bf16, fp16 or int8, not {self.precision!r}")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Settings":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -118,24 +119,31 @@ class Forward:
 
     DistilBERT classifiers get the fast forward of fast.py, with their Linear weights stored in the
     compute dtype (bf16/fp16) once; any other model runs transformers' forward, under autocast on CPU
-    (fp32 weights) or with all weights cast on CUDA.
+    (fp32 weights) or with all weights cast on CUDA. "int8" (CPU only) replaces every Linear by a
+    dynamically quantized one (int8 weights, activations quantized per batch, VNNI kernels).
     """
 
     def __init__(self, model, device: torch.device, precision: str, per_token: bool, use_fast: bool = True):
         self.model, self.device, self.precision = model, device, precision
         self.fast = use_fast and fast.supports(model)
+        if precision == "int8":
+            if device.type != "cpu":
+                raise ValueError("precision int8 runs on CPU only; use bf16 or fp16 on CUDA")
+            with warnings.catch_warnings():  # torch.ao's deprecation notice; the kernels are what we measured
+                warnings.simplefilter("ignore")
+                torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
         if self.fast:
-            if precision != "fp32":
+            if precision not in ("fp32", "int8"):
                 fast.cast_linears(model, DTYPES[precision])
             self._forward = fast.DistilBertForward(model, per_token)
         else:
-            if device.type == "cuda" and precision != "fp32":
+            if device.type == "cuda" and precision in DTYPES and precision != "fp32":
                 model.to(dtype=DTYPES[precision])
             self._forward = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
         model.to(device).eval()
 
     def context(self):
-        if self.fast or self.device.type == "cuda":
+        if self.fast or self.device.type == "cuda" or self.precision in ("fp32", "int8"):
             return contextlib.nullcontext()
         return autocast(self.device, self.precision)
 
