@@ -272,3 +272,23 @@ def test_int8_is_refused_on_cuda_and_unknown_precisions_in_settings(tiny_models)
         batching.Forward(model, torch.device("cuda"), "int8", per_token=False)
     with pytest.raises(ValueError, match="int8"):
         Settings(precision="int4")
+
+
+def test_entity_edges_are_trimmed_of_stray_punctuation():
+    from worker.nlp.ner import trim_span
+
+    text = 'e.g. Kroko met Jeffrey Anderson- at "U.S. Steel" in ... town'
+    def trimmed(a: str) -> str:
+        start = text.index(a)
+        s, e = trim_span(text, start, start + len(a))
+        return text[s:e]
+
+    assert trimmed(". Kroko") == "Kroko"
+    assert trimmed("Jeffrey Anderson-") == "Jeffrey Anderson"
+    assert trimmed('"U.S.') == "U.S."  # a name may end with a full stop
+    assert trimmed("...") == ""  # nothing left: the entity is dropped
+    tags = ["B-PER", "I-PER", "O"]
+    words = [(0, 3, 4), (1, 5, 10), (2, 11, 14)]  # ".", "Kroko", "met"
+    ents = decode_bio(text, words, tags, [0.9, 0.9, 0.9])
+    assert [(e.text, e.start, e.end) for e in ents] == [("Kroko", 5, 10)]
+    assert decode_bio(text, [(0, 53, 56)], ["B-LOC"], [0.9]) == []  # "..." alone

@@ -77,7 +77,9 @@ def decode_bio(text: str, words, tags: list[str], scores: list[float]) -> list[E
     def close():
         if current is not None:
             kind, start, end, sc = current
-            entities.append(Entity(kind, text[start:end], start, end, sum(sc) / len(sc)))
+            start, end = trim_span(text, start, end)
+            if start < end:
+                entities.append(Entity(kind, text[start:end], start, end, sum(sc) / len(sc)))
 
     for first, start, end in words:
         tag = tags[first]
@@ -94,6 +96,20 @@ def decode_bio(text: str, words, tags: list[str], scores: list[float]) -> list[E
             current = [kind, start, end, [scores[first]]]
     close()
     return entities
+
+
+# Characters a name can end with ("U.S.", "Warner Bros.", "Sony)") stay; these never end one.
+_TRAILING = set("-\u2013\u2014,;:/(")
+
+
+def trim_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """The span without what a tagger sometimes sweeps in at the edges of a name on messy web text
+    (a full stop before it, a hyphen after it); empty (start == end) when no letter or digit is left."""
+    while start < end and not text[start].isalnum():
+        start += 1
+    while end > start and (text[end - 1].isspace() or text[end - 1] in _TRAILING):
+        end -= 1
+    return start, end
 
 
 def load_ner(source: str, device: str = "auto", precision: str = "auto", **options) -> NerModel:
