@@ -142,6 +142,13 @@ def engine_runs(dirs: dict[str, str], texts: list[str], warm: list[str], batch_s
     table.add("engine sentiment", median_time(lambda: run(sentiment), rounds), note)
     table.add("engine NER", median_time(lambda: run(ner), rounds), note)
     table.add("engine both tasks", median_time(both, rounds), note)
+    # The CPU share of tokenizing (what a tokenizer thread beside the model could hide at best).
+    from worker.nlp import batching
+
+    out["tokenize_s"] = median_time(lambda: [batching.make_windows(batching.encode(sentiment.tokenizer, c),
+                                                                   sentiment.options.max_length,
+                                                                   sentiment.options.stride)
+                                             for c in chunks(texts, batch_size)], rounds)
     return out
 
 
@@ -349,6 +356,8 @@ def main() -> None:
         f"agreement with float32 (transformers' forward): sentiment labels {100 * label_agree:.2f}% "
         f"({len(texts)} reviews); entity spans exact: {100 * recall:.2f}% of the {n_ref} float32 entities found, "
         f"{100 * precision:.2f}% of the engine's {sum(len(e) for e in engine_out['ner'])} entities in float32",
+        f"tokenizing and windowing all reviews: {1000 * engine_out['tokenize_s']:.0f} ms, "
+        f"{100 * engine_out['tokenize_s'] * table.rate('engine sentiment') / len(texts):.1f}% of the engine's sentiment time",
     ]
     if e2e:
         w = e2e["write"]
