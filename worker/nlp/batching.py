@@ -84,8 +84,8 @@ def owners(n_tokens: int, spans: list[tuple[int, int]]) -> torch.Tensor:
 
 def default_token_budget(device: torch.device) -> int:
     """Padded tokens per forward pass. On CPU, small batches are as fast per token as large ones and
-    waste less on padding: 2048 ran 1.35x faster than 8192 on 256 IMDb reviews with a DistilBERT-base
-    on 2 cores (bench/bench_variants.py). A GPU needs large batches to fill its cores."""
+    waste less on padding: with a DistilBERT-base on 2 cores, 2048 ran 1.2x as fast as 8192
+    (bench/bench_variants.py, bench/RESULTS.md). A GPU needs large batches to fill its cores."""
     return 16384 if device.type == "cuda" else 2048
 
 
