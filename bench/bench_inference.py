@@ -10,8 +10,9 @@ again) and Redis on 127.0.0.1:6379 (database 14 is flushed) for the end-to-end p
 What is measured:
 - pipeline: transformers.pipeline("text-classification") in float32 (its default), batch_size 1 and
   16, truncation to 512 tokens; and pipeline("token-classification", stride=128) for NER, batch 1.
-- engine: worker.nlp as a worker runs it (precision auto, default options), predict() on chunks of
-  --batch-size reviews (one queue message), after a warm-up on other reviews.
+- engine: worker.nlp as a worker runs it (precision auto: int8 sentiment and bf16 NER on CPUs with
+  VNNI and AVX-512 BF16; default options), predict() on chunks of --batch-size reviews (one queue
+  message), after a warm-up on other reviews.
 - end to end: a real `reviews worker` subprocess (solo pool) on a fresh database; after a warm-up job
   (which also loads the models), `reviews enqueue FILE --wait`, timed from the start of the command
   to the job's finished_at in the database. Peak memory is the worker's VmHWM.
@@ -127,7 +128,7 @@ def engine_runs(dirs: dict[str, str], texts: list[str], warm: list[str], batch_s
     ner = load_ner(dirs["ner"], device=s.device, precision=s.precision, **opts)
     sentiment.predict(warm)
     ner.predict(warm)
-    out: dict = {"precision": sentiment.precision, "device": str(sentiment.device)}
+    out: dict = {"precision": f"sentiment {sentiment.precision}, NER {ner.precision}", "device": str(sentiment.device)}
 
     def run(model):
         return [r for c in chunks(texts, batch_size) for r in model.predict(c)]
@@ -138,10 +139,10 @@ def engine_runs(dirs: dict[str, str], texts: list[str], warm: list[str], batch_s
             out["sentiment"] += sentiment.predict(c)
             out["ner"] += ner.predict(c)
 
-    note = f"{out['precision']}, {batch_size} reviews per call"
-    table.add("engine sentiment", median_time(lambda: run(sentiment), rounds), note)
-    table.add("engine NER", median_time(lambda: run(ner), rounds), note)
-    table.add("engine both tasks", median_time(both, rounds), note)
+    per_call = f"{batch_size} reviews per call"
+    table.add("engine sentiment", median_time(lambda: run(sentiment), rounds), f"{sentiment.precision}, {per_call}")
+    table.add("engine NER", median_time(lambda: run(ner), rounds), f"{ner.precision}, {per_call}")
+    table.add("engine both tasks", median_time(both, rounds), f"{sentiment.precision} + {ner.precision}, {per_call}")
     # The CPU share of tokenizing (what a tokenizer thread beside the model could hide at best).
     from worker.nlp import batching
 

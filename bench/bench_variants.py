@@ -119,9 +119,11 @@ def main() -> None:
         ("  ... token budget 4096", "1.1-1.2", lambda: variant(task, path, budget=4096)),
         ("  ... token budget 16384", "0.95-1.05", lambda: variant(task, path, budget=16384)),
         ("  ... widths padded to a multiple of 16", "1.00-1.05", lambda: variant(task, path, pad_to=16)),
-        ("  ... int8 dynamic quantization instead of bf16", "0.8-1.2", lambda: variant(task, path, int8=True)),
+        ("  ... int8 dynamic quantization (torch.ao, per batch)", "0.8-1.2", lambda: variant(task, path, int8=True)),
         ("  ... torch.compile (inductor, dynamic shapes)", "1.05-1.3", lambda: variant(task, path, compile_=True)),
         ("  ... token budget 2048 + int8 dynamic quantization", "1.2-1.4", lambda: variant(task, path, budget=2048, int8=True)),
+        ("  ... budget 2048 + int8 per token (int8.py) [sentiment]", "1.9-2.1",
+         lambda: variant(task, path, precision="int8", budget=2048)),
     ]
     if args.only:
         keep = {1} | {int(x) for x in args.only.split(",")}

@@ -5,7 +5,9 @@ attention, per precision. It bounds what any engine can gain over float32 here.
 
 Linear: the shapes of DistilBERT-base (768 -> 768 for q/k/v/out, 768 -> 3072 for the feed-forward),
 rows = tokens in a batch. Attention: torch's scaled_dot_product_attention, 12 heads of 64.
-Also int8 dynamic quantization (torch.ao), the usual CPU alternative to bf16.
+Also int8: torch.ao's dynamic quantization (one activation scale per batch), and the engine's
+int8.Int8Linear (one scale per token, compiled quantize/dequantize around torch._int_mm), each timed
+whole, quantizing included.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import machine, now  # noqa: E402
+from worker.nlp import int8 as int8_kernels  # noqa: E402
 
 
 def seconds(fn, rounds: int = 5) -> float:
@@ -35,10 +38,12 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     print(f"# {machine()}; {now()}")
-    print(f"{'kernel':44} {'fp32 GFLOP/s':>12} {'bf16 GFLOP/s':>12} {'bf16/fp32':>9} {'int8 GOP/s':>10}")
+    int8_kernels.available()
+    print(f"{'kernel':44} {'fp32 GFLOP/s':>12} {'bf16 GFLOP/s':>12} {'bf16/fp32':>9} {'ao int8 GOP/s':>13} "
+          f"{'token int8 GOP/s':>16} {'token int8/bf16':>15}")
     with torch.inference_mode():
         for rows in (512, 2048, 8192):
-            for d_in, d_out, name in ((768, 768, "q/k/v/out"), (768, 3072, "feed-forward in")):
+            for d_in, d_out, name in ((768, 768, "q/k/v/out"), (768, 3072, "feed-forward in"), (3072, 768, "feed-forward out")):
                 flops = 2 * rows * d_in * d_out
                 x = torch.randn(rows, d_in)
                 lin = torch.nn.Linear(d_in, d_out)
@@ -48,8 +53,10 @@ def main() -> None:
                 q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
                                                            dtype=torch.qint8)
                 int8 = seconds(lambda: q(x))
+                per_token = int8_kernels.Int8Linear(lin16)
+                tok8 = seconds(lambda: per_token(x16))
                 print(f"{f'linear {name}, {rows} rows':44} {flops / fp32 / 1e9:12.0f} {flops / bf16 / 1e9:12.0f} "
-                      f"{fp32 / bf16:9.2f} {flops / int8 / 1e9:10.0f}")
+                      f"{fp32 / bf16:9.2f} {flops / int8 / 1e9:13.0f} {flops / tok8 / 1e9:16.0f} {bf16 / tok8:15.2f}")
         for batch, width in ((64, 128), (16, 512)):
             flops = 4 * batch * 12 * width * width * 64
             q = torch.randn(batch, 12, width, 64)
@@ -57,7 +64,7 @@ def main() -> None:
             q16 = q.to(torch.bfloat16)
             bf16 = seconds(lambda: F.scaled_dot_product_attention(q16, q16, q16))
             print(f"{f'attention {batch} x {width} tokens':44} {flops / fp32 / 1e9:12.0f} {flops / bf16 / 1e9:12.0f} "
-                  f"{fp32 / bf16:9.2f} {'':>10}")
+                  f"{fp32 / bf16:9.2f}")
 
 
 if __name__ == "__main__":

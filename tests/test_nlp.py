@@ -249,14 +249,66 @@ def test_importing_the_result_types_does_not_import_torch_or_transformers():
     assert "transformers" not in out
 
 
-def test_int8_quantizes_every_linear_and_agrees_in_sign_with_fp32(tiny_models):
+def test_int8_quantizes_every_linear_but_the_head_and_stays_close_to_fp32(tiny_models):
+    from worker.nlp.int8 import Int8Linear
+
     texts = ["the film was great " * 30, "bad", "an average evening at the cinema"]
     ref = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").predict(texts)
     s = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="int8")
-    assert s.forward.fast and not any(type(m) is torch.nn.Linear for m in s.model.modules())
+    assert s.forward.fast
+    plain = [name for name, m in s.model.named_modules() if type(m) is torch.nn.Linear]
+    assert plain == ["pre_classifier", "classifier"]
+    n_layers = s.model.config.n_layers
+    assert sum(isinstance(m, Int8Linear) for m in s.model.modules()) == 6 * n_layers  # q, k, v, out, lin1, lin2
     got = s.predict(texts)
     assert [g.score for g in got] == pytest.approx([r.score for r in ref], abs=0.05)
     assert n_entities_ok(load_ner(str(tiny_models["ner"]), device="cpu", precision="int8").predict(texts), texts)
+
+
+def test_int8_linear_matches_the_float_product_per_token():
+    from worker.nlp.int8 import Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    x = torch.randn(3, 20, 64)
+    x[0, 0] *= 100  # one loud token: with one scale per token it does not coarsen the others
+    with torch.inference_mode():
+        want, got = linear(x), Int8Linear(linear)(x)
+    assert got.shape == want.shape and got.dtype == x.dtype
+    quiet = (got - want)[:, 1:].abs().max() / want[:, 1:].abs().max()
+    assert quiet < 0.02
+    assert ((got - want)[0, 0].abs().max() / want[0, 0].abs().max()) < 0.02
+
+
+def test_auto_precision_gives_int8_to_sentiment_only_and_never_to_training(monkeypatch):
+    from worker.nlp import device as dev
+    from worker.nlp import int8
+
+    cpu = torch.device("cpu")
+    floating = "bf16" if dev.cpu_has_fast_bf16() else "fp32"
+    assert dev.pick_precision("auto", cpu, "ner") == floating
+    assert dev.pick_precision("auto", cpu) == floating  # training
+    expected = "int8" if dev.cpu_has_vnni() and int8.available() else floating
+    assert dev.pick_precision("auto", cpu, "sentiment") == expected
+    assert dev.pick_precision("fp32", cpu, "sentiment") == "fp32"
+
+
+def test_int8_is_not_picked_where_its_kernels_cannot_compile(monkeypatch, caplog):
+    from worker.nlp import device as dev
+    from worker.nlp import int8
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(dev, "cpu_has_vnni", lambda: True)
+    int8.available.cache_clear()
+    try:
+        assert not int8.available()
+        assert "no C++ compiler" in caplog.text
+        assert dev.pick_precision("auto", torch.device("cpu"), "sentiment") != "int8"
+    finally:
+        int8.available.cache_clear()
 
 
 def n_entities_ok(entities, texts) -> bool:

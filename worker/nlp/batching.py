@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
 
-from . import fast
-from .device import DTYPES, autocast
+from . import fast, int8
+from .device import DTYPES, autocast, cpu_has_fast_bf16
 
 
 @dataclass(frozen=True)
@@ -119,24 +118,27 @@ class Forward:
 
     DistilBERT classifiers get the fast forward of fast.py, with their Linear weights stored in the
     compute dtype (bf16/fp16) once; any other model runs transformers' forward, under autocast on CPU
-    (fp32 weights) or with all weights cast on CUDA. "int8" (CPU only) replaces every Linear by a
-    dynamically quantized one (int8 weights, activations quantized per batch, VNNI kernels).
+    (fp32 weights) or with all weights cast on CUDA. "int8" (CPU only) replaces every Linear but the
+    classification head by an int8 one (int8.py: weights per channel, activations per token), around
+    bf16 (or fp32) for everything else.
     """
 
     def __init__(self, model, device: torch.device, precision: str, per_token: bool, use_fast: bool = True):
         self.model, self.device, self.precision = model, device, precision
         self.fast = use_fast and fast.supports(model)
-        if precision == "int8":
-            if device.type != "cpu":
-                raise ValueError("precision int8 runs on CPU only; use bf16 or fp16 on CUDA")
-            with warnings.catch_warnings():  # torch.ao's deprecation notice; the kernels are what we measured
-                warnings.simplefilter("ignore")
-                torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        if precision == "int8" and device.type != "cpu":
+            raise ValueError("precision int8 runs on CPU only; use bf16 or fp16 on CUDA")
+        # The dtype of the activations between the matrix products; int8 keeps the bf16 around its products.
+        float_precision = ("bf16" if cpu_has_fast_bf16() else "fp32") if precision == "int8" else precision
         if self.fast:
-            if precision not in ("fp32", "int8"):
-                fast.cast_linears(model, DTYPES[precision])
+            if float_precision != "fp32":
+                fast.cast_linears(model, DTYPES[float_precision])
+            if precision == "int8":
+                int8.quantize_linears(model)
             self._forward = fast.DistilBertForward(model, per_token)
         else:
+            if precision == "int8":
+                int8.quantize_linears(model)
             if device.type == "cuda" and precision in DTYPES and precision != "fp32":
                 model.to(dtype=DTYPES[precision])
             self._forward = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits

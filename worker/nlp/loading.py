@@ -34,7 +34,7 @@ def load(source: str, task: str, device: str = "auto", precision: str = "auto"):
 
     hf_logging.disable_progress_bar()  # a worker log is no place for weight-loading progress bars
     dev = pick_device(device)
-    prec = pick_precision(precision, dev)
+    prec = pick_precision(precision, dev, task)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, use_fast=True)
         # Loaded in float32 (half-precision files are upcast); batching.Forward then decides which

@@ -170,6 +170,8 @@ def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_to
     rng = random.Random(config.seed)
     device = pick_device(config.device)
     precision = pick_precision(config.precision, device)
+    if precision == "int8":  # an inference setting: train in the float precision "auto" picks
+        precision = pick_precision("auto", device)
     if precision == "fp16" and device.type == "cpu":
         precision = "bf16"
     model.to(device).train()
