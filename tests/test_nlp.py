@@ -259,21 +259,24 @@ def test_int8_quantizes_every_linear_but_the_head_and_stays_close_to_fp32(tiny_m
     plain = [name for name, m in s.model.named_modules() if type(m) is torch.nn.Linear]
     assert plain == ["pre_classifier", "classifier"]
     n_layers = s.model.config.n_layers
+    assert [name for name, m in s.model.named_modules() if getattr(m, "centered", False)] == [
+        f"distilbert.transformer.layer.{i}.ffn.lin2" for i in range(n_layers)]
     assert sum(isinstance(m, Int8Linear) for m in s.model.modules()) == 6 * n_layers  # q, k, v, out, lin1, lin2
     got = s.predict(texts)
     assert [g.score for g in got] == pytest.approx([r.score for r in ref], abs=0.05)
     assert n_entities_ok(load_ner(str(tiny_models["ner"]), device="cpu", precision="int8").predict(texts), texts)
 
 
-def test_int8_linear_matches_the_float_product_per_token():
+@pytest.mark.parametrize("centered", [False, True])
+def test_int8_linear_matches_the_float_product_per_token(centered):
     from worker.nlp.int8 import Int8Linear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
-    x = torch.randn(3, 20, 64)
+    x = torch.randn(3, 20, 64) + (2.0 if centered else 0.0)  # one-sided input, as after GELU
     x[0, 0] *= 100  # one loud token: with one scale per token it does not coarsen the others
     with torch.inference_mode():
-        want, got = linear(x), Int8Linear(linear)(x)
+        want, got = linear(x), Int8Linear(linear, centered=centered)(x)
     assert got.shape == want.shape and got.dtype == x.dtype
     quiet = (got - want)[:, 1:].abs().max() / want[:, 1:].abs().max()
     assert quiet < 0.02

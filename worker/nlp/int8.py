@@ -56,24 +56,26 @@ _kernels = {"quantize": _quantize_rows, "dequantize": _dequantize,
 
 @lru_cache(maxsize=1)
 def available() -> bool:
-    """True when torch has a CPU int8 product and the fused quantize/dequantize steps compile here."""
+    """True when torch has a CPU int8 product and the fused quantize/dequantize steps compile here
+    (all four are compiled and checked now, so a worker finds out at load time, not in a batch)."""
     if not hasattr(torch, "_int_mm"):
         return False
     try:
-        quantize = torch.compile(_quantize_rows, dynamic=True)
-        dequantize = torch.compile(_dequantize, dynamic=True)
+        compiled = {name: torch.compile(fn, dynamic=True) for name, fn in _kernels.items()}
         with torch.inference_mode():
             x = torch.randn(24, 32, generator=torch.Generator().manual_seed(0))
-            q, s = quantize(x)  # x times its own transpose, both quantized per row
-            y = dequantize(torch._int_mm(q, q.t().contiguous()), s, s.view(-1), torch.zeros(24), torch.float32)
-        if not torch.allclose(y, x @ x.t(), atol=0.5):  # entries of about +-6, diagonal about 32
+            xq, xs = compiled["quantize"](x)  # x as the weights too: products of about +-6, a diagonal of 32
+            weights_t, w = xq.t().contiguous(), xq.float() * xs
+            y = compiled["dequantize"](torch._int_mm(xq, weights_t), xs, xs.view(-1), torch.zeros(24), torch.float32)
+            cq, cs, mid = compiled["quantize_centered"](x + 1)
+            z = compiled["dequantize_centered"](torch._int_mm(cq, weights_t), cs, xs.view(-1), torch.zeros(24), mid,
+                                                w.sum(1), torch.float32)
+        if not (torch.allclose(y, x @ x.t(), atol=0.5) and torch.allclose(z, (x + 1) @ w.t(), atol=0.5)):
             raise RuntimeError("compiled int8 kernels gave wrong results")
     except Exception as exc:  # no compiler, an unsupported platform, ...: fall back, say why once
         log.warning("int8 inference unavailable (%s: %s); using bf16/fp32", type(exc).__name__, exc)
         return False
-    _kernels.update(quantize=quantize, dequantize=dequantize,
-                    quantize_centered=torch.compile(_quantize_rows_centered, dynamic=True),
-                    dequantize_centered=torch.compile(_dequantize_centered, dynamic=True))
+    _kernels.update(compiled)
     return True
 
 
