@@ -124,6 +124,8 @@ def main() -> None:
         ("  ... token budget 2048 + int8 dynamic quantization", "1.2-1.4", lambda: variant(task, path, budget=2048, int8=True)),
         ("  ... budget 2048 + int8 per token (int8.py) [sentiment]", "1.9-2.1",
          lambda: variant(task, path, precision="int8", budget=2048)),
+        ("  ... budget 1024 + int8 per token", "~2", lambda: variant(task, path, precision="int8", budget=1024)),
+        ("  ... budget 4096 + int8 per token", "~2", lambda: variant(task, path, precision="int8", budget=4096)),
     ]
     if args.only:
         keep = {1} | {int(x) for x in args.only.split(",")}

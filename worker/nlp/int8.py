@@ -19,6 +19,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from .device import cpu_has_fast_bf16
+
 log = logging.getLogger(__name__)
 
 
@@ -62,15 +64,24 @@ def available() -> bool:
         return False
     try:
         compiled = {name: torch.compile(fn, dynamic=True) for name, fn in _kernels.items()}
-        with torch.inference_mode():
-            x = torch.randn(24, 32, generator=torch.Generator().manual_seed(0))
-            xq, xs = compiled["quantize"](x)  # x as the weights too: products of about +-6, a diagonal of 32
-            weights_t, w = xq.t().contiguous(), xq.float() * xs
-            y = compiled["dequantize"](torch._int_mm(xq, weights_t), xs, xs.view(-1), torch.zeros(24), torch.float32)
-            cq, cs, mid = compiled["quantize_centered"](x + 1)
-            z = compiled["dequantize_centered"](torch._int_mm(cq, weights_t), cs, xs.view(-1), torch.zeros(24), mid,
-                                                w.sum(1), torch.float32)
-        if not (torch.allclose(y, x @ x.t(), atol=0.5) and torch.allclose(z, (x + 1) @ w.t(), atol=0.5)):
+        # Called as the engine calls them, so that these compilations are the ones it uses: weights,
+        # scales and bias made outside inference mode (like a model's buffers), activations in the
+        # engine's dtype inside it, and no two sizes equal (torch would specialize on the equality).
+        dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        gen = torch.Generator().manual_seed(0)
+        x, w = torch.randn(24, 32, generator=gen), torch.randn(40, 32, generator=gen)
+        col_scale = w.abs().amax(1) / 127
+        w_int = (w / col_scale[:, None]).round()
+        weights_t, w = w_int.to(torch.int8).t().contiguous(), w_int * col_scale[:, None]
+        bias, weight_sum = torch.zeros(40), w.sum(1)
+        with torch.inference_mode():  # products of about +-6
+            xq, xs = compiled["quantize"](x.to(dtype))
+            y = compiled["dequantize"](torch._int_mm(xq, weights_t), xs, col_scale, bias, dtype)
+            cq, cs, mid = compiled["quantize_centered"](x.to(dtype) + 1)
+            z = compiled["dequantize_centered"](torch._int_mm(cq, weights_t), cs, col_scale, bias, mid, weight_sum,
+                                                dtype)
+        right = torch.allclose(y.float(), x @ w.t(), atol=0.5) and torch.allclose(z.float(), (x + 1) @ w.t(), atol=0.5)
+        if not right:
             raise RuntimeError("compiled int8 kernels gave wrong results")
     except Exception as exc:  # no compiler, an unsupported platform, ...: fall back, say why once
         log.warning("int8 inference unavailable (%s: %s); using bf16/fp32", type(exc).__name__, exc)
@@ -97,7 +108,7 @@ class Int8Linear(nn.Module):
         self.centered = centered
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
+        rows = x.reshape(-1, self.in_features).contiguous()  # one compiled kernel for every layout
         if self.centered:
             q, scale, mid = _kernels["quantize_centered"](rows)
             acc = torch._int_mm(q, self.weight_t)
