@@ -136,6 +136,10 @@ class Forward:
             if precision == "int8":
                 int8.quantize_linears(model)
             self._forward = fast.DistilBertForward(model, per_token)
+            if precision == "int8":
+                # torch's CPU attention runs fp32 about 10% faster than bf16 (bench/kernels.py); with
+                # int8 products, attention is the largest cost left, and this gained 5-9% (RESULTS.md).
+                self._forward.attention_dtype = torch.float32
         else:
             if precision == "int8":
                 int8.quantize_linears(model)

@@ -62,6 +62,8 @@ class DistilBertForward:
         weight = getattr(model.classifier, "weight", None)
         # The compute dtype of the matrix products; quantized Linears take float32 input.
         self.dtype = weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
+        # The dtype of q, k and v in attention; batching.Forward sets float32 under int8 (see there).
+        self.attention_dtype = self.dtype
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         emb = self.base.embeddings
@@ -89,10 +91,10 @@ class DistilBertForward:
             return t.view(batch, -1, self.n_heads, dim // self.n_heads).transpose(1, 2)
 
         q, k, v = heads(att.q_lin(queries)), heads(att.k_lin(x)), heads(att.v_lin(x))
-        if q.dtype != k.dtype:  # quantized Linears return float32 whatever came in
-            q, k, v = q.to(dt), k.to(dt), v.to(dt)
+        at = self.attention_dtype
+        q, k, v = q.to(at), k.to(at), v.to(at)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        a = att.out_lin(a.transpose(1, 2).reshape(batch, -1, dim))
+        a = att.out_lin(a.transpose(1, 2).reshape(batch, -1, dim).to(dt))
         h = layer.sa_layer_norm(a.float() + residual)
         ffn = layer.ffn
         f = ffn.lin2(ffn.activation(ffn.lin1(h.to(dt))))
