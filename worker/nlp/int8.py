@@ -3,7 +3,7 @@ per token at run time, int32 accumulation in VNNI kernels (torch._int_mm).
 
 Why per token: torch.ao's dynamic quantization uses one scale for a whole batch, so one token with
 large activations coarsens every other token's; on the bundled sentiment model it agreed with fp32
-on 96.3% of labels. One scale per token (and per weight row) agreed on 99.5% (bench/RESULTS.md).
+on 96.3% of labels. One scale per token (and per weight row) agreed on 99.5-99.7% (bench/RESULTS.md).
 
 The quantize and dequantize steps are elementwise passes over the activations; in eager torch they
 take several passes each and cost more than the int8 product saves, so they are compiled
