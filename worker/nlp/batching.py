@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import fast, int8
-from .device import DTYPES, autocast, cpu_has_fast_bf16
+from .device import DTYPES, autocast, cpu_float_precision
 
 
 @dataclass(frozen=True)
@@ -129,20 +129,17 @@ class Forward:
         if precision == "int8" and device.type != "cpu":
             raise ValueError("precision int8 runs on CPU only; use bf16 or fp16 on CUDA")
         # The dtype of the activations between the matrix products; int8 keeps the bf16 around its products.
-        float_precision = ("bf16" if cpu_has_fast_bf16() else "fp32") if precision == "int8" else precision
+        float_precision = cpu_float_precision() if precision == "int8" else precision
+        if self.fast and float_precision != "fp32":
+            fast.cast_linears(model, DTYPES[float_precision])
+        if precision == "int8":
+            int8.quantize_linears(model)
         if self.fast:
-            if float_precision != "fp32":
-                fast.cast_linears(model, DTYPES[float_precision])
-            if precision == "int8":
-                int8.quantize_linears(model)
-            self._forward = fast.DistilBertForward(model, per_token)
-            if precision == "int8":
-                # torch's CPU attention runs fp32 about 10% faster than bf16 (bench/kernels.py); with
-                # int8 products, attention is the largest cost left, and this gained 5-9% (RESULTS.md).
-                self._forward.attention_dtype = torch.float32
+            # torch's CPU attention runs fp32 about 10% faster than bf16 (bench/kernels.py); with int8
+            # products, attention is the largest cost left, and fp32 there gained 5-9% (RESULTS.md).
+            attention_dtype = torch.float32 if precision == "int8" else None
+            self._forward = fast.DistilBertForward(model, per_token, attention_dtype=attention_dtype)
         else:
-            if precision == "int8":
-                int8.quantize_linears(model)
             if device.type == "cuda" and precision in DTYPES and precision != "fp32":
                 model.to(dtype=DTYPES[precision])
             self._forward = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits

@@ -24,6 +24,11 @@ def cpu_has_fast_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
+def cpu_float_precision() -> str:
+    """The fastest float precision of this CPU's matrix products: bf16 where it is fast, else fp32."""
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
 def cpu_has_vnni() -> bool:
     """int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX int8)."""
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
@@ -52,7 +57,7 @@ def pick_precision(setting: str, device: torch.device, task: str | None = None) 
 
         if int8.available():
             return "int8"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return cpu_float_precision()
 
 
 def autocast(device: torch.device, precision: str):

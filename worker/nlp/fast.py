@@ -52,7 +52,7 @@ def cast_linears(model, dtype: torch.dtype) -> None:
 class DistilBertForward:
     """logits = forward(input_ids, attention_mask), float32, for a DistilBERT classifier."""
 
-    def __init__(self, model, per_token: bool, cls_only: bool = True):
+    def __init__(self, model, per_token: bool, cls_only: bool = True, attention_dtype: torch.dtype | None = None):
         self.model = model
         self.cls_only = cls_only and not per_token  # the last layer for [CLS] alone (sequence heads)
         self.base = model.distilbert
@@ -62,8 +62,8 @@ class DistilBertForward:
         weight = getattr(model.classifier, "weight", None)
         # The compute dtype of the matrix products; quantized Linears take float32 input.
         self.dtype = weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
-        # The dtype of q, k and v in attention; batching.Forward sets float32 under int8 (see there).
-        self.attention_dtype = self.dtype
+        # The dtype of q, k and v in attention: that of the products unless told (batching.Forward).
+        self.attention_dtype = attention_dtype or self.dtype
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         emb = self.base.embeddings

@@ -19,7 +19,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .device import cpu_has_fast_bf16
+from .device import DTYPES, cpu_float_precision
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def available() -> bool:
         # Called as the engine calls them, so that these compilations are the ones it uses: weights,
         # scales and bias made outside inference mode (like a model's buffers), activations in the
         # engine's dtype inside it, and no two sizes equal (torch would specialize on the equality).
-        dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        dtype = DTYPES[cpu_float_precision()]
         gen = torch.Generator().manual_seed(0)
         x, w = torch.randn(24, 32, generator=gen), torch.randn(40, 32, generator=gen)
         col_scale = w.abs().amax(1) / 127
