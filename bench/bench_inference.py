@@ -121,11 +121,9 @@ def engine_runs(dirs: dict[str, str], texts: list[str], warm: list[str], batch_s
     from worker.nlp.ner import load_ner
     from worker.nlp.sentiment import load_sentiment
 
-    s = Settings.from_env()
-    opts = dict(token_budget=s.token_budget, max_length=s.max_length, stride=s.window_stride,
-                max_chars=s.max_review_chars)
-    sentiment = load_sentiment(dirs["sentiment"], device=s.device, precision=s.precision, **opts)
-    ner = load_ner(dirs["ner"], device=s.device, precision=s.precision, **opts)
+    options = Settings.from_env().engine_options()  # the engine as the worker runs it
+    sentiment = load_sentiment(dirs["sentiment"], options)
+    ner = load_ner(dirs["ner"], options)
     sentiment.predict(warm)
     ner.predict(warm)
     out: dict = {"precision": f"sentiment {sentiment.precision}, NER {ner.precision}", "device": str(sentiment.device)}
@@ -270,7 +268,7 @@ def write_statements(sessions, ids, sentiments, entities) -> dict:
     """Write one batch's results the way a worker does, counting the SQL statements it sends."""
     from sqlalchemy import event, select
 
-    from worker import pipeline
+    from worker import results
     from worker.schema import ModelVersion
 
     statements: list[str] = []
@@ -284,7 +282,7 @@ def write_statements(sessions, ids, sentiments, entities) -> dict:
         event.listen(engine, "before_cursor_execute", count)
         try:
             started = time.perf_counter()
-            pipeline.write_results(s, ids, sentiments, entities, versions["sentiment"], versions["ner"])
+            results.write(s, ids, sentiments, entities, versions["sentiment"], versions["ner"])
             s.commit()
             seconds = time.perf_counter() - started
         finally:

@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,13 +67,6 @@ def _prod(shape) -> int:
     for s in shape:
         n *= s
     return n
-
-
-def timed(fn, *args, **kwargs):
-    """(seconds, result)"""
-    started = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return time.perf_counter() - started, result
 
 
 def chunks(items: list, size: int):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from .helpers import clear_errors
+
 
 def _model_option(task: str):
     return click.option("--model", metavar="PATH_OR_ID",
@@ -23,11 +25,11 @@ def _settings(ctx):
     obj = ctx.find_object(object)
     settings = getattr(obj, "settings", None)
     if settings is None:  # run as `python -m cli.evaluate`, outside the `reviews` group
-        from worker.config import Settings
+        from worker.config import Settings, SettingsError
 
         try:
             settings = Settings.from_env()
-        except ValueError as exc:
+        except SettingsError as exc:
             raise click.ClickException(str(exc)) from exc
     return settings
 
@@ -48,18 +50,6 @@ def _resolve(ctx, task: str, model: str | None) -> str:
 
     with session_factory(settings.database_url)() as s:
         return registry.active_versions(s, settings)[task].source
-
-
-def _engine_options(ctx) -> dict:
-    s = _settings(ctx)
-    return dict(device=s.device, precision=s.precision, token_budget=s.token_budget, max_length=s.max_length,
-                stride=s.window_stride, max_chars=s.max_review_chars)
-
-
-def _clear_errors():
-    from cli.main import clear_errors
-
-    return clear_errors()
 
 
 def _select(rows: list, limit: int | None, last: int | None) -> list:
@@ -84,7 +74,7 @@ def _load(task: str, source: str, ctx):
     from worker.nlp.sentiment import load_sentiment
 
     started = time.monotonic()
-    loaded = (load_sentiment if task == "sentiment" else load_ner)(source, **_engine_options(ctx))
+    loaded = (load_sentiment if task == "sentiment" else load_ner)(source, _settings(ctx).engine_options())
     return loaded, time.monotonic() - started
 
 
@@ -115,11 +105,11 @@ def evaluate_sentiment(ctx, file: Path, model: str | None, limit: int | None, la
     from worker.training import data
     from worker.training import evaluate as ev
 
-    with _clear_errors():
+    with clear_errors():
         try:
             examples = _select(data.read_sentiment(file), limit, last)
         except (ValueError, UnicodeDecodeError, OSError) as exc:
-            raise click.ClickException(f"{file}: {exc}") from exc
+            raise click.ClickException(str(exc) if str(exc).startswith(str(file)) else f"{file}: {exc}") from exc
         if not examples:
             raise click.ClickException(f"{file}: no examples")
         source = _resolve(ctx, "sentiment", model)
@@ -148,11 +138,11 @@ def evaluate_ner(ctx, file: Path, model: str | None, limit: int | None, last: in
     from worker.training import data
     from worker.training import evaluate as ev
 
-    with _clear_errors():
+    with clear_errors():
         try:
             sentences = _select(data.read_conll(file), limit, last)
         except (ValueError, UnicodeDecodeError, OSError) as exc:
-            raise click.ClickException(f"{file}: {exc}") from exc
+            raise click.ClickException(str(exc) if str(exc).startswith(str(file)) else f"{file}: {exc}") from exc
         if not sentences:
             raise click.ClickException(f"{file}: no sentences")
         source = _resolve(ctx, "ner", model)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import select as select_mod
+import socket
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -149,24 +152,91 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @contextmanager
-def running_worker(settings: Settings):
-    """A real Celery worker in this process (a thread), consuming queue 'inference' on real Redis."""
+def running_worker(settings: Settings, queues: tuple[str, ...] = ("inference",), shutdown_timeout: float = 30):
+    """A real Celery worker in this process (a thread) on real Redis, built by the app factory as
+    `reviews worker` builds it. Yields the app."""
     from celery.contrib.testing.worker import start_worker
 
-    from worker import tasks
-    from worker.app import configure
+    from worker.app import create_app
 
-    configure(tasks.app, settings)
-    tasks._runtime = None
-    try:
-        with start_worker(tasks.app, pool="solo", concurrency=1, perform_ping_check=False, queues=["inference"],
-                          loglevel="WARNING", shutdown_timeout=30):
-            yield settings
-    finally:
-        tasks._runtime = None
+    app = create_app(settings)
+    with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False, queues=list(queues),
+                      loglevel="WARNING", shutdown_timeout=shutdown_timeout):
+        yield app
+
+
+def wait_for_job(url: str, job_id: int, timeout: float = 240):
+    """The job's progress once it has ended; fails the test after `timeout` seconds."""
+    import time
+
+    from worker import jobs
+    from worker.db import session_factory
+
+    sessions = session_factory(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        with sessions() as s:
+            p = jobs.progress(s, job_id)
+        if p.finished:
+            return p
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} did not finish in {timeout}s: {p}")
+        time.sleep(0.2)
 
 
 @pytest.fixture
 def app_worker(migrated_pg, redis_url, tiny_models):
-    with running_worker(make_settings(migrated_pg, tiny_models)) as settings:
+    settings = make_settings(migrated_pg, tiny_models)
+    with running_worker(settings):
         yield settings
+
+
+class Proxy:
+    """A TCP proxy to PostgreSQL that the test can take down and bring back: a real outage of the
+    worker's database connections, without stopping the server other tests use."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            if not self.up.is_set():
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            self.conns += [client, server]
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                ready, _, _ = select_mod.select([a, b], [], [], 1)
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    (b if s is a else a).sendall(data)
+        except OSError:
+            return
+        finally:
+            a.close()
+            b.close()
+
+    def down(self) -> None:
+        self.up.clear()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns.clear()
+
+    def restore(self) -> None:
+        self.up.set()

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from conftest import make_settings, settings_env, write_jsonl
 from cli.main import main
 from worker.db import session_factory
-from worker.schema import EntityRow, Job, NerResult, RejectedLine, Review, SentimentResult
+from worker.schema import EntityRow, NerResult, RejectedLine, Review, SentimentResult
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_clear_errors_instead_of_tracebacks(cli, tmp_path):
 
 
 def test_db_upgrade_and_downgrade(cli):
-    assert "at revision 0002" in cli("db", "upgrade").output
+    assert "at revision 0003" in cli("db", "upgrade").output
     assert "at revision base" in cli("db", "downgrade", "base").output
 
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from cli.evaluate import evaluate as evaluate_group
 from cli.main import main
 from worker.nlp.types import Entity
+from worker.training import data
 from worker.training import evaluate as ev
 from worker.training.data import NerSentence, SentimentExample, read_conll, sentence_text
 from worker.training.train import bio_to_spans
@@ -107,8 +108,121 @@ def test_evaluate_sentiment_through_the_engine(tiny_models):
     seen = []
     m = ev.evaluate_sentiment(str(tiny_models["sentiment"]), examples, batch_size=4,
                               progress=lambda done, total: seen.append((done, total)))
-    assert m["n"] == 6 and 0.0 <= m["accuracy"] <= 1.0
     assert seen == [(4, 6), (6, 6)]
+    # The figure is the engine's own agreement with the labels, however good the random model is.
+    from worker.nlp.sentiment import load_sentiment
+
+    predicted = load_sentiment(str(tiny_models["sentiment"])).predict([e.text for e in examples])
+    right = sum((p.label == "positive") == bool(e.label) for p, e in zip(predicted, examples))
+    assert m["n"] == 6 and m["accuracy"] == pytest.approx(right / 6)
+
+
+# -- data readers: every bad line is one ValueError `PATH:LINE: reason` ------------------------------
+
+
+def bad(read, path) -> str:
+    """The message of the error `read(path)` raises, checked to be a plain one-line ValueError
+    (not a UnicodeDecodeError or JSONDecodeError, which are ValueErrors too) that names the file."""
+    with pytest.raises(ValueError) as info:
+        read(path)
+    assert type(info.value) is ValueError
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:") and "\n" not in msg
+    return msg[len(str(path)) + 1:]
+
+
+def test_conll_lines_without_a_bio_tag_are_named(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text("-DOCSTART- -X- O\n\njohn B-PER\nloved\n")
+    assert bad(read_conll, f).startswith("4: expected a token and a BIO tag")
+    for n, tag in enumerate(("B-", "I-", "E-PER", "PER", "b-PER", "O-PER"), 1):
+        f.write_text(f"john B-PER\nsmith {tag}\n")
+        assert bad(read_conll, f) == f"2: '{tag}' is not a BIO tag (O, B-TYPE or I-TYPE)"
+    # Every column but the first and the last is ignored; I- after O stays legal (raw CoNLL-2003 is IOB1).
+    f.write_text("EU NNP B-NP I-ORG\nrejects VBZ B-VP O\n\n-DOCSTART- O\nGerman JJ B-NP B-MISC\n")
+    assert read_conll(f) == [NerSentence(["EU", "rejects"], ["I-ORG", "O"]), NerSentence(["German"], ["B-MISC"])]
+    assert ev.bio_spans(read_conll(f)[0].tags) == {(0, 0, "ORG")}
+
+
+@pytest.mark.parametrize("line, reason", [
+    ('{"text": "ok", "label": 1', "invalid JSON at column 26: Expecting ',' delimiter"),
+    ("[" * 100_000, "invalid JSON (nested too deeply)"),
+    ('{"text": "ok", "label": ' + "1" * 5000 + "}", "invalid JSON (Exceeds the limit"),
+    ('["great film", "positive"]', "expected a JSON object with text and label, got list"),
+    ('"great film"', "expected a JSON object with text and label, got str"),
+    ('{"label": "positive"}', 'missing "text"'),
+    ('{"text": "great film"}', 'missing "label"'),
+    ('{"text": "", "label": "positive"}', "text must be a non-empty string, got ''"),
+    ('{"text": "  ", "label": "positive"}', "text must be a non-empty string"),
+    ('{"text": 5, "label": "positive"}', "text must be a non-empty string, got 5"),
+    ('{"text": null, "label": "positive"}', "text must be a non-empty string, got None"),
+    ('{"text": "great film", "label": "maybe"}', "label must be negative/positive or 0/1, got 'maybe'"),
+    ('{"text": "great film", "label": 2}', "label must be negative/positive or 0/1, got 2"),
+    ('{"text": "great film", "label": true}', "label must be negative/positive or 0/1, got True"),
+    ('{"text": "great film", "label": null}', "label must be negative/positive or 0/1, got None"),
+    ('{"text": "bad \\ud800 half", "label": 1}', "text holds a lone surrogate '\\ud800' at character 5"),
+])
+def test_bad_jsonl_lines_are_named(tmp_path, line, reason):
+    f = tmp_path / "s.jsonl"
+    # Line 3: blank lines count, as an editor counts them.
+    f.write_text('{"text": "fine", "label": "positive"}\n\n' + line + "\n")
+    assert bad(data.read_sentiment_jsonl, f).startswith(f"3: {reason}")
+    gz = tmp_path / "s.jsonl.gz"
+    gz.write_bytes(gzip.compress(f.read_bytes()))
+    assert bad(data.read_sentiment, gz).startswith(f"3: {reason}")
+
+
+def test_bad_tsv_lines_are_named(tmp_path):
+    f = tmp_path / "s.tsv"
+    f.write_text("label\tsentence\n1\tgreat film\n0 awful film\n")
+    assert bad(data.read_glue_tsv, f) == "3: expected label<TAB>sentence"
+    f.write_text("label\tsentence\n1\tgreat film\n2\tawful film\n")
+    assert bad(data.read_glue_tsv, f) == "3: label must be negative/positive or 0/1, got '2'"
+    f.write_text("1\tgreat film\n0\t \n")
+    assert bad(data.read_glue_tsv, f) == "2: text must be a non-empty string, got ' '"
+
+
+def test_invalid_utf8_names_the_line_and_the_byte(tmp_path):
+    for name, read, content, where in [
+        ("s.tsv", data.read_glue_tsv, b"1\tgreat film\n0\tawful \xff film\n", "byte 0xff at byte 9"),
+        ("s.jsonl", data.read_sentiment_jsonl, b'{"text": "ok", "label": 1}\n{"text": "awful \xff", "label": 0}\n',
+         "byte 0xff at byte 17"),
+        ("c.txt", read_conll, b"John B-PER\nM\xc3nchen B-LOC\n", "byte 0xc3 at byte 2"),  # a sequence cut short
+    ]:
+        f = tmp_path / name
+        f.write_bytes(content)
+        assert bad(read, f) == f"2: invalid UTF-8: {where} of the line"
+
+
+def test_truncated_or_fake_gzip_is_named(tmp_path):
+    whole = gzip.compress("".join(json.dumps({"text": f"film {i} " * 20, "label": i % 2}) + "\n"
+                                  for i in range(2000)).encode())
+    f = tmp_path / "s.jsonl.gz"
+    f.write_bytes(whole[: len(whole) // 2])
+    msg = bad(data.read_sentiment_jsonl, f)
+    line, _, reason = msg.partition(": ")
+    assert int(line) > 1 and reason.startswith("cannot decompress: Compressed file ended")
+    f.write_bytes(b'{"text": "not compressed", "label": 1}\n')
+    assert bad(data.read_sentiment_jsonl, f).startswith("1: cannot decompress: Not a gzipped file")
+    conll = tmp_path / "c.txt.gz"
+    # Only the trailer (CRC and length) cut off: every line is read, the error is after the last.
+    conll.write_bytes(gzip.compress(b"John B-PER\n" * 5000)[:-8])
+    assert bad(read_conll, conll).startswith("5001: cannot decompress")
+
+
+def test_a_bom_and_windows_line_endings_are_read(tmp_path):
+    f = tmp_path / "s.tsv"
+    f.write_bytes("\ufefflabel\tsentence\r\n1\tgreat film\r\n0\tawful film\r\n".encode())
+    assert data.read_glue_tsv(f) == [SentimentExample("great film", 1), SentimentExample("awful film", 0)]
+    f = tmp_path / "s.jsonl"
+    f.write_bytes('\ufeff{"text": "great film", "label": "positive"}\r\n'.encode())
+    assert data.read_sentiment_jsonl(f) == [SentimentExample("great film", 1)]
+    f = tmp_path / "c.txt"
+    f.write_bytes("\ufeff-DOCSTART- O\r\n\r\nParis B-LOC\r\n".encode())
+    assert read_conll(f) == [NerSentence(["Paris"], ["B-LOC"])]
+    # A surrogate pair escaped in JSON is one real character, not an error.
+    f.write_text('{"text": "great \\ud83c\\udfac", "label": 1}\n')
+    assert data.read_sentiment_jsonl(f) == [SentimentExample("great \U0001f3ac", 1)]
 
 
 # -- the command -------------------------------------------------------------------------------------

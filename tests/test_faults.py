@@ -7,12 +7,9 @@ that a batch takes seconds, so that a signal lands while a batch is in hand.
 from __future__ import annotations
 
 import os
-import select as select_mod
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,8 +19,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from cli.main import main
-from conftest import PG_URL, make_settings, settings_env, write_jsonl
-from test_worker import wait_for_job
+from conftest import PG_URL, Proxy, make_settings, settings_env, wait_for_job, write_jsonl
 from tiny_models import save_tiny
 from worker.db import session_factory
 from worker.schema import JobReview, NerResult, SentimentResult
@@ -122,57 +118,6 @@ def test_sigterm_finishes_the_batch_in_hand(migrated_pg, redis_url, medium_model
     exactly_once(settings.database_url, 24)
 
 
-class Proxy:
-    """A TCP proxy to PostgreSQL that the test can take down and bring back: a real outage of the
-    worker's database connections, without stopping the server other tests use."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = threading.Event()
-        self.up.set()
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            client, _ = self.listener.accept()
-            if not self.up.is_set():
-                client.close()
-                continue
-            server = socket.create_connection(self.target)
-            self.conns += [client, server]
-            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        try:
-            while True:
-                ready, _, _ = select_mod.select([a, b], [], [], 1)
-                for s in ready:
-                    data = s.recv(65536)
-                    if not data:
-                        return
-                    (b if s is a else a).sendall(data)
-        except OSError:
-            return
-        finally:
-            a.close()
-            b.close()
-
-    def down(self) -> None:
-        self.up.clear()
-        for c in self.conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.conns.clear()
-
-    def restore(self) -> None:
-        self.up.set()
-
-
 def test_database_outage_is_retried_until_it_returns(migrated_pg, redis_url, tiny_models, tmp_path):
     proxy = Proxy(("127.0.0.1", 5432))
     proxied = PG_URL.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
@@ -182,10 +127,12 @@ def test_database_outage_is_retried_until_it_returns(migrated_pg, redis_url, tin
     proxy.down()  # the worker starts while its database is unreachable
     env = settings_env(settings) | {"REVIEWS_DATABASE_URL": proxied, "REVIEWS_RETRY_DELAY": "0.5"}
     log = tmp_path / "w.log"
-    worker = subprocess.Popen([sys.executable, "-c", "from worker.tasks import app; app.worker_main("
-                               "['worker', '-Q', 'inference', '--pool', 'solo', '--loglevel', 'INFO'])"],
-                              env={**os.environ, **env}, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    # Not `reviews worker`, which checks the schema and loads the models before it consumes: this
+    # worker must start while its database is away and wait for it.
+    code = ("from worker.app import create_app; from worker.config import Settings; create_app(Settings.from_env())"
+            ".worker_main(['worker', '-Q', 'inference', '--pool', 'solo', '--loglevel', 'INFO'])")
+    worker = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, stdout=log.open("ab"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until(lambda: "database unavailable" in log.read_text(), 60, "a retry for the database")
         proxy.restore()

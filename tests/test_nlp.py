@@ -63,6 +63,58 @@ def test_decode_bio_follows_seqeval():
         ("PER", "John Smith", 0, 10), ("LOC", "New York", 19, 27), ("LOC", "City", 28, 32)]
 
 
+# seqeval.metrics.sequence_labeling.get_entities (1.2.2, default mode) worked by hand for each case:
+# its (type, first, last inclusive) is turned into bio_spans' (first, last exclusive, type) below.
+@pytest.mark.parametrize("tags, seqeval_entities", [
+    ([], []),
+    (["O", "O"], []),
+    (["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-LOC", "O", "B-MISC"],
+     [("PER", 0, 1), ("LOC", 3, 5), ("MISC", 7, 7)]),  # mixed, the last one runs to the end
+    (["O", "I-ORG", "I-ORG", "O"], [("ORG", 1, 2)]),  # I- after O begins an entity
+    (["I-PER", "O"], [("PER", 0, 0)]),  # so does I- at the start
+    (["I-PER", "I-LOC", "I-LOC"], [("PER", 0, 0), ("LOC", 1, 2)]),  # a type change inside I- splits
+    (["B-PER", "I-LOC"], [("PER", 0, 0), ("LOC", 1, 1)]),
+    (["B-PER", "B-PER", "I-PER"], [("PER", 0, 0), ("PER", 1, 2)]),  # B- after B- of the same type
+    (["I-LOC", "B-LOC", "O", "B-ORG", "O", "I-ORG"], [("LOC", 0, 0), ("LOC", 1, 1), ("ORG", 3, 3), ("ORG", 5, 5)]),
+    (["O-PER", "B-LOC"], [("LOC", 1, 1)]),  # seqeval reads the letter O as outside
+])
+def test_bio_spans_match_seqeval(tags, seqeval_entities):
+    from worker.nlp.bio import bio_spans
+
+    assert bio_spans(tags) == [(first, last + 1, kind) for kind, first, last in seqeval_entities]
+
+
+def test_a_tag_without_prefix_reads_as_i():
+    from worker.nlp.bio import bio_spans, is_bio_tag
+
+    bare = ["PER", "PER", "O", "B-LOC", "LOC", "ORG", "I-ORG"]
+    assert bio_spans(bare) == bio_spans(["I-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-ORG", "I-ORG"])
+    assert bio_spans(bare) == [(0, 2, "PER"), (3, 5, "LOC"), (5, 7, "ORG")]
+    # A labelled file may hold only O, B-TYPE and I-TYPE.
+    assert all(is_bio_tag(t) for t in ("O", "B-PER", "I-MISC"))
+    assert not any(is_bio_tag(t) for t in ("PER", "B-", "I-", "E-PER", "S-LOC", "O-PER", "b-PER", "B", "", "B- X"))
+
+
+def test_decode_bio_reads_first_pieces_and_averages_word_scores():
+    text = "Obama met Angela Merkel"
+    # Tokens: 0 Obama, 1 met, 2 Angela, 3 Mer, 4 ##kel; the tag and score of a word are its first piece's.
+    words = [(0, 0, 5), (1, 6, 9), (2, 10, 16), (3, 17, 23)]
+    tags = ["B-PER", "O", "B-PER", "I-PER", "O"]
+    ents = decode_bio(text, words, tags, [0.9, 0.5, 0.8, 0.6, 0.1])
+    assert [(e.label, e.text, e.start, e.end) for e in ents] == [("PER", "Obama", 0, 5), ("PER", "Angela Merkel", 10, 23)]
+    assert ents[1].score == pytest.approx(0.7)
+    assert decode_bio(text, [], [], []) == []
+
+
+def test_the_bio_decoder_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = "import sys, worker.nlp.bio; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_models_load_and_predict(tiny_models):
     s = load_sentiment(str(tiny_models["sentiment"]), max_length=64, stride=16)
     n = load_ner(str(tiny_models["ner"]), max_length=64, stride=16)

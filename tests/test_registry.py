@@ -1,7 +1,5 @@
 """Model versions: defaults become version 1; promote and rollback; running workers switch versions."""
 
-import shutil
-import time
 
 import pytest
 from click.testing import CliRunner

@@ -6,8 +6,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from cli.main import main
-from conftest import make_settings, running_worker, settings_env, write_jsonl
-from test_worker import wait_for_job
+from conftest import make_settings, running_worker, settings_env, wait_for_job, write_jsonl
 from worker.db import session_factory
 from worker.nlp.sentiment import SentimentModel
 from worker.schema import JobReview, SentimentResult
@@ -50,7 +49,7 @@ def test_failing_batch_is_retried_then_isolated(migrated_pg, redis_url, tiny_mod
     path = write_jsonl(tmp_path / "r.jsonl", rows)
     with running_worker(settings):
         result = CliRunner().invoke(main, ["enqueue", "--wait", str(path)], env=env)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # the exit code of a job that ended partial
     assert "[partial]" in result.output and "10/11 done, 1 failed" in result.output
     status = CliRunner().invoke(main, ["status", "1", "--failed"], env=env).output
     assert "bad: RuntimeError: model failed on this input" in status

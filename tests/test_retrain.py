@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 from celery.schedules import crontab
 from click.testing import CliRunner
-from sqlalchemy import select
 
 from cli.main import main
-from conftest import make_settings, settings_env
-from worker import registry, retrain, tasks
-from worker.app import configure
+from conftest import make_settings, running_worker, settings_env
+from worker import registry, retrain
+from worker.app import create_app
 from worker.db import session_factory
 from worker.labels import label_key
 from worker.schema import Label, utcnow
@@ -77,15 +76,13 @@ def test_gate_promotes_a_good_candidate_and_rejects_a_bad_one(setup):
 def test_schedule_exists_and_skips_with_too_few_labels(setup):
     settings, sessions = setup
     settings = settings.with_(retrain_min_labels=50, retrain_schedule="30 2 * * *")
-    configure(tasks.app, settings)
-    tasks._runtime = None
-    entry = tasks.app.conf.beat_schedule["retrain"]
+    app = create_app(settings)
+    entry = app.conf.beat_schedule["retrain"]
     assert entry["task"] == "reviews.scheduled_retrain" and entry["options"]["queue"] == "training"
     assert entry["schedule"] == crontab(minute="30", hour="2")
-    assert "reviews.scheduled_retrain" in tasks.app.tasks
+    assert "reviews.scheduled_retrain" in app.tasks
     add_labels(settings.database_url, toy_labels()[:10])
-    outcomes = tasks.scheduled_retrain.run()
-    tasks._runtime = None
+    outcomes = app.tasks["reviews.scheduled_retrain"].run()
     assert [o["status"] for o in outcomes] == ["skipped", "skipped"]
     assert "10 new sentiment labels since version 1; 50 needed" in outcomes[0]["reason"]
     with sessions() as s:
@@ -116,18 +113,13 @@ def test_two_concurrent_retrains_of_one_task_do_not_overlap(setup):
 
 @pytest.mark.postgres
 def test_retrain_through_a_trainer_worker(migrated_pg, redis_url, tiny_models, tmp_path):
-    from celery.contrib.testing.worker import start_worker
 
     settings = make_settings(migrated_pg, tiny_models, model_dir=str(tmp_path / "versions"))
     add_labels(migrated_pg, toy_labels())
-    configure(tasks.app, settings)
-    tasks._runtime = None
     env = settings_env(settings)
     args = ["retrain", "--task", "sentiment", "--wait", "--alpha", "1", "--epochs", "25", "--lr", "0.003"]
-    with start_worker(tasks.app, pool="solo", perform_ping_check=False, queues=["training"], loglevel="WARNING",
-                      shutdown_timeout=60):
+    with running_worker(settings, queues=("training",), shutdown_timeout=60):
         result = CliRunner().invoke(main, args, env=env)
-    tasks._runtime = None
     assert result.exit_code == 0, result.output
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["status"] == "promoted" and outcome["version"] == 2

@@ -116,6 +116,10 @@ def test_bio_to_character_spans():
     spans = [(0, 4), (5, 10), (11, 13), (14, 20)]
     assert bio_to_spans(["B-PER", "I-PER", "O", "I-LOC"], spans) == [(0, 10, "PER"), (14, 20, "LOC")]
     assert bio_to_spans(["B-PER", "B-PER", "I-ORG", "O"], spans) == [(0, 4, "PER"), (5, 10, "PER"), (11, 13, "ORG")]
+    # The engine's reading (worker/nlp/bio.py): a tag without a prefix is an I- tag.
+    assert bio_to_spans(["PER", "I-PER", "O", "LOC"], spans) == [(0, 10, "PER"), (14, 20, "LOC")]
+    with pytest.raises(ValueError, match="3 tags for 4 tokens"):
+        bio_to_spans(["B-PER", "I-PER", "O"], spans)
 
 
 def test_readers_on_the_real_data():

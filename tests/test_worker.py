@@ -1,30 +1,16 @@
 """End to end with real parts: enqueue -> Redis -> a Celery worker -> PostgreSQL."""
 
-import time
-
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from cli.main import main
-from conftest import settings_env, write_jsonl
-from worker import pipeline, tasks
+from conftest import settings_env, wait_for_job, write_jsonl
+from worker.app import batch_sender, create_app
 from worker.db import session_factory
 from worker.schema import EntityRow, JobReview, ModelVersion, NerResult, Review, SentimentResult
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
-
-
-def wait_for_job(url, job_id, timeout=240):
-    sessions = session_factory(url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with sessions() as s:
-            p = pipeline.progress(s, job_id)
-        if p.finished:
-            return p
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {p}")
 
 
 def test_enqueue_to_worker_to_postgres(app_worker, imdb_reviews, tmp_path):
@@ -78,8 +64,9 @@ def test_redelivered_batch_creates_no_duplicates(app_worker, tmp_path):
         before = (s.scalar(select(func.count()).select_from(SentimentResult)),
                   s.scalar(select(func.count()).select_from(EntityRow)))
         assert before[0] == 10
+    send = batch_sender(create_app(settings))
     for _ in range(2):  # the same batch, delivered twice more
-        tasks.enqueue_batch(1, ids)
+        send(1, ids)
     # One solo worker takes messages in order: when a job sent after them is done, so are they.
     marker = write_jsonl(tmp_path / "m.jsonl", [{"id": "marker", "text": "sent last"}])
     assert CliRunner().invoke(main, ["enqueue", "--wait", str(marker)], env=settings_env(settings)).exit_code == 0

@@ -1,1 +1,1 @@
-"""Everything a worker process runs: settings, database, pipeline, Celery app, models."""
+"""Everything a worker process runs: settings, database, ingest, jobs, batches, results, the Celery app, models."""

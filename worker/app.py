@@ -1,4 +1,6 @@
-"""The Celery app: queues, routes, the settings an ML worker needs, and the beat schedule."""
+"""The Celery app factory: `create_app(settings)` builds an app with its queues, routes, the settings
+an ML worker needs, the beat schedule and the tasks. The CLI calls it once per command; nothing
+reads settings from a global."""
 
 from __future__ import annotations
 
@@ -6,13 +8,16 @@ from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
 
-from .config import Settings
+from .config import Settings, redact_url
 
 
-def configure(app: Celery, settings: Settings) -> Celery:
-    """(Re)apply settings; the CLI calls this with its flags, tests with their own settings."""
+class BrokerError(LookupError):
+    """The broker is unreachable (a LookupError so the CLI shows it as one clear line)."""
+
+
+def celery_config(settings: Settings) -> dict:
     minute, hour, day, month, weekday = settings.retrain_schedule.split()
-    app.conf.update(
+    return dict(
         broker_url=settings.broker_url,
         # JSON only: a pickled message can run code on the worker that reads it.
         task_serializer="json",
@@ -44,8 +49,41 @@ def configure(app: Celery, settings: Settings) -> Celery:
             }
         },
     )
-    app.conf.reviews_settings = settings
+
+
+def create_app(settings: Settings) -> Celery:
+    from . import tasks
+
+    app = Celery("reviews", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    tasks.register(app, tasks.WorkerContext(settings))
     return app
 
 
-app = configure(Celery("reviews", include=["worker.tasks"]), Settings.from_env())
+def batch_sender(app: Celery):
+    """send(job_id, review_ids): one message on queue 'inference' (ids only; the texts stay in the
+    database)."""
+
+    def send(job_id: int, review_ids: list[int]) -> None:
+        app.send_task("reviews.analyze", args=[job_id, review_ids], queue="inference")
+
+    return send
+
+
+def check_broker(app: Celery) -> None:
+    """Fail fast, with the URL (password hidden), when the broker cannot be reached."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+    except Exception as exc:
+        raise BrokerError(f"cannot reach the broker {redact_url(app.conf.broker_url)}: {exc}") from exc
+
+
+def consumers(app: Celery, queue: str = "inference", timeout: float = 2.0) -> int | None:
+    """How many workers consume `queue` right now, by asking them (Celery's remote control); None
+    when the broker cannot be asked."""
+    try:
+        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    except Exception:
+        return None
+    return sum(any(q.get("name") == queue for q in queues) for queues in replies.values())

@@ -1,5 +1,9 @@
 """Settings in one place: every knob is a REVIEWS_* environment variable with a default that works on
-one machine (SQLite, local Redis, the bundled models)."""
+one machine (SQLite, local Redis, the bundled models), checked here, once, with its range.
+
+A bad value stops any command with one line that names the variable and what it accepts
+(`SettingsError`), whether it came from the environment or from a CLI flag.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,42 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from .nlp.options import EngineOptions
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED_MODELS = PACKAGE_DIR / "models"
 BUNDLED_SENTIMENT = BUNDLED_MODELS / "sentiment"
 BUNDLED_NER = BUNDLED_MODELS / "ner"
 
 
+class SettingsError(ValueError):
+    """A setting outside what it accepts; the message is one line naming the variable."""
+
+
 def _default_data_dir() -> Path:
     return Path(os.environ.get("REVIEWS_HOME", Path.home() / ".local" / "share" / "reviews"))
+
+
+# Accepted values: (lowest, highest) for numbers, a tuple of words for choices. A setting missing here
+# takes any value of its type.
+LIMITS: dict[str, tuple] = {
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16", "fp16", "int8"),
+    "batch_size": (1, 10_000),
+    "token_budget": (0, 1_048_576),
+    "max_length": (8, 8192),
+    "window_stride": (0, 4096),
+    "max_review_chars": (1, 100_000_000),
+    "max_line_bytes": (64, 1_073_741_824),
+    "threads": (0, 1024),
+    "visibility_timeout": (10, 30 * 24 * 3600),
+    "task_max_retries": (0, 100),
+    "db_max_retries": (0, 1000),
+    "retry_delay": (0.0, 3600.0),
+    "ingest_lease": (5, 24 * 3600),
+    "retrain_min_labels": (0, 100_000_000),
+    "promote_tolerance": (0.0, 1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +70,7 @@ class Settings:
     task_max_retries: int = 3  # a failing batch is retried this often, then its reviews run one by one
     db_max_retries: int = 12  # with retry_delay 2: waits of 2, 4, ... 60 s, about 8 minutes in all
     retry_delay: float = 2.0  # seconds before the first retry of a batch; doubles each time
+    ingest_lease: int = 120  # an ingest silent for this long is dead: `reviews resume` may take its job over
     retrain_schedule: str = "0 3 * * *"  # cron: minute hour day month weekday
     retrain_min_labels: int = 200
     promote_tolerance: float = 0.005
@@ -48,10 +81,18 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'reviews.db'}")
         if not self.model_dir:
             object.__setattr__(self, "model_dir", str(data_dir / "models"))
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"REVIEWS_DEVICE must be auto, cpu or cuda, not {self.device!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
-            raise ValueError(f"REVIEWS_PRECISION must be auto, fp32, bf16, fp16 or int8, not {self.precision!r}")
+        for name, limits in LIMITS.items():
+            _check(name, getattr(self, name), limits)
+        _check_database_url(self.database_url)
+        if "://" not in self.broker_url:
+            raise SettingsError(f"REVIEWS_BROKER_URL={self.broker_url!r}: expected a URL such as "
+                                "redis://localhost:6379/0 or amqp://guest:guest@localhost:5672//")
+        if len(self.retrain_schedule.split()) != 5:
+            raise SettingsError(f"REVIEWS_RETRAIN_SCHEDULE={self.retrain_schedule!r}: expected a cron line of 5 "
+                                "fields (minute hour day month weekday)")
+        if self.window_stride >= self.max_length - 2:
+            raise SettingsError(f"REVIEWS_WINDOW_STRIDE={self.window_stride} must be smaller than "
+                                f"REVIEWS_MAX_LENGTH - 2 ({self.max_length - 2})")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Settings":
@@ -62,24 +103,62 @@ class Settings:
             raw = env.get(f"REVIEWS_{f.name.upper()}")
             if raw is None or raw == "":
                 continue
-            kind = f.type if isinstance(f.type, type) else {"int": int, "float": float}.get(f.type, str)
+            kind = {"int": int, "float": float}.get(str(f.type), str)
             try:
-                values[f.name] = kind(raw)
+                values[f.name] = kind(raw.strip()) if kind is not str else raw
             except ValueError:
-                raise ValueError(f"REVIEWS_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+                raise SettingsError(f"REVIEWS_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def engine_options(self) -> EngineOptions:
+        """The engine as serving runs it: the worker, `reviews run`, `reviews evaluate`, the retrain
+        gate and the benchmarks all take their options from here."""
+        return EngineOptions(device=self.device, precision=self.precision, token_budget=self.token_budget,
+                             max_length=self.max_length, stride=self.window_stride, max_chars=self.max_review_chars)
+
+
+def _check(name: str, value, limits: tuple) -> None:
+    var = f"REVIEWS_{name.upper()}"
+    if isinstance(limits[0], str):
+        if value not in limits:
+            raise SettingsError(f"{var}={value!r}: must be one of {', '.join(limits)}")
+        return
+    low, high = limits
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not low <= value <= high:
+        raise SettingsError(f"{var}={value!r}: must be a number from {low} to {high}")
+
+
+def _check_database_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        raise SettingsError(f"REVIEWS_DATABASE_URL={redact_url(url)!r} is not a database URL; expected "
+                            "sqlite:///path/to/file.db or postgresql+psycopg://user@host/db") from None
+    if url.startswith("postgres:"):
+        raise SettingsError("REVIEWS_DATABASE_URL: write postgresql+psycopg:// instead of postgres:// "
+                            "(SQLAlchemy does not accept the short scheme)")
+    if backend not in ("sqlite", "postgresql"):
+        raise SettingsError(f"REVIEWS_DATABASE_URL={redact_url(url)!r}: {backend} is not supported; "
+                            "use PostgreSQL (postgresql+psycopg://) or SQLite (sqlite:///)")
+
 
 def redact_url(url: str) -> str:
     """Hide the password in a database or broker URL before it reaches a log or a terminal."""
     from urllib.parse import urlsplit, urlunsplit
 
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # an unparsable URL (a bad port, say) may still hold a secret: show none of it
+        return "<unparsable URL>"
+    if password is None:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))

@@ -1,4 +1,4 @@
-"""Engine and session factory, and the one dialect-specific thing the pipeline needs: upserts."""
+"""Engine and session factory, and the one dialect-specific thing the writers need: upserts."""
 
 from __future__ import annotations
 

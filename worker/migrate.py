@@ -1,7 +1,14 @@
-"""Apply Alembic migrations programmatically, so `reviews db upgrade` works from an installed package."""
+"""Apply Alembic migrations programmatically, so `reviews db upgrade` works from an installed package.
+
+Migrations run under a lock, so that two processes starting at once on a fresh database (two
+`reviews run`, a compose `migrate` beside a worker) never both create the tables: the second waits,
+then finds the schema at its revision and does nothing. PostgreSQL: a transaction-level advisory lock;
+SQLite: an exclusive transaction, which DDL respects there.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -11,6 +18,8 @@ import migrations
 
 from .db import get_engine
 
+ADVISORY_KEY = 0x7265766965777321  # "reviews!": one lock for this schema's migrations
+
 
 def alembic_config(url: str) -> Config:
     cfg = Config()
@@ -19,15 +28,34 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+@contextmanager
+def _locked(url: str):
+    """A connection in a transaction that holds the migration lock until it commits."""
+    engine = get_engine(url)
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN EXCLUSIVE")  # waits for the other writer, up to the busy timeout
+            try:
+                yield conn
+                conn.exec_driver_sql("COMMIT")
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+    else:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_KEY})")
+            yield conn
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    with get_engine(url).begin() as conn:
+    with _locked(url) as conn:
         cfg = alembic_config(url)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
 
 def downgrade(url: str, revision: str) -> None:
-    with get_engine(url).begin() as conn:
+    with _locked(url) as conn:
         cfg = alembic_config(url)
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)

@@ -58,6 +58,10 @@ def get(session: Session, task: str, version: int) -> ModelVersion:
     return mv
 
 
+def parent(session: Session, mv: ModelVersion) -> ModelVersion | None:
+    return session.get(ModelVersion, mv.parent_id) if mv.parent_id else None
+
+
 def next_version(session: Session, task: str) -> int:
     return (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.task == task)) or 0) + 1
 

@@ -126,17 +126,16 @@ def fine_tune(task: str, active_source: str, train: list[Label], heldout: list[L
                                              for lb in train], config)
         stats = train_ner(student, tokenizer, items, config, teacher, progress)
     save_half(student, tokenizer, out_dir)
-    options = dict(device=settings.device, precision=settings.precision, max_length=settings.max_length,
-                   stride=settings.window_stride, token_budget=settings.token_budget)
+    options = settings.engine_options()  # the gate measures what serving runs
     if task == "sentiment":
         gold = [SentimentExample(lb.text, SENTIMENT_LABELS.index(lb.sentiment)) for lb in heldout]
-        measure = lambda src: evaluate.evaluate_sentiment(load_sentiment(src, **options), gold)  # noqa: E731
+        measure = lambda src: evaluate.evaluate_sentiment(load_sentiment(src, options), gold)  # noqa: E731
     else:
         texts = [lb.text for lb in heldout]
         gold_spans = [{(e["start"], e["end"], e["label"]) for e in lb.entities} for lb in heldout]
 
         def measure(src: str) -> dict:
-            predicted = [{(e.start, e.end, e.label) for e in ents} for ents in load_ner(src, **options).predict(texts)]
+            predicted = [{(e.start, e.end, e.label) for e in ents} for ents in load_ner(src, options).predict(texts)]
             return evaluate.ner_metrics(gold_spans, predicted)
     return FineTuned(measure(str(out_dir)), measure(active_source), stats)
 

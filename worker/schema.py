@@ -23,7 +23,7 @@ class Base(DeclarativeBase):
 
 
 class Job(Base):
-    """One enqueue, reprocess or run: its reviews are in job_reviews."""
+    """One enqueue, reprocess or run: its reviews are in job_reviews. worker/jobs.py owns its lifecycle."""
 
     __tablename__ = "jobs"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -35,6 +35,10 @@ class Job(Base):
     rejected: Mapped[int] = mapped_column(Integer, default=0)  # input lines rejected
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[Optional[datetime]]
+    # While ingesting: when the ingest last said it is alive; NULL once it has stopped. An ingest silent
+    # for REVIEWS_INGEST_LEASE seconds is dead, and `reviews resume` may finish its job.
+    heartbeat_at: Mapped[Optional[datetime]]
+    error: Mapped[Optional[str]] = mapped_column(Text)  # why the job failed or stopped, for people
 
 
 class Review(Base):

@@ -3,35 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from functools import lru_cache
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@lru_cache(maxsize=1)
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-    except OSError:
-        return set()
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX-512 BF16 or AMX: bf16 matmuls run several times faster than fp32 there."""
-    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
-
-
-def cpu_float_precision() -> str:
-    """The fastest float precision of this CPU's matrix products: bf16 where it is fast, else fp32."""
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-def cpu_has_vnni() -> bool:
-    """int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX int8)."""
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+from . import int8
+from .cpu import DTYPES, cpu_float_precision, cpu_has_fast_bf16, cpu_has_vnni  # noqa: F401  (re-exported)
 
 
 def pick_device(setting: str = "auto") -> torch.device:
@@ -53,8 +29,6 @@ def pick_precision(setting: str, device: torch.device, task: str | None = None) 
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if task == "sentiment" and cpu_has_vnni():
-        from . import int8
-
         if int8.available():
             return "int8"
     return cpu_float_precision()

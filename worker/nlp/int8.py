@@ -19,7 +19,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .device import DTYPES, cpu_float_precision
+from .cpu import DTYPES, cpu_float_precision
 
 log = logging.getLogger(__name__)
 

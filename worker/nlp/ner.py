@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from . import batching, loading
-from .sentiment import EngineOptions, fit_options
+from .bio import bio_spans
+from .options import EngineOptions
+from .sentiment import fit_options
 from .types import Entity
 
 
@@ -69,32 +73,14 @@ def word_spans(enc: batching.Encoded, continues_word: list[bool]) -> list[tuple[
 
 
 def decode_bio(text: str, words, tags: list[str], scores: list[float]) -> list[Entity]:
-    """BIO tags of words to entity spans. An I- tag after O or after another type starts an entity,
-    as seqeval reads it."""
+    """Entities from the tags of words (a word's tag and score are its first token's), read by
+    bio.bio_spans; each keeps its words' character span, trimmed, and their mean score."""
     entities: list[Entity] = []
-    current: list | None = None  # [type, start, end, [scores]]
-
-    def close():
-        if current is not None:
-            kind, start, end, sc = current
-            start, end = trim_span(text, start, end)
-            if start < end:
-                entities.append(Entity(kind, text[start:end], start, end, sum(sc) / len(sc)))
-
-    for first, start, end in words:
-        tag = tags[first]
-        if tag == "O":
-            close()
-            current = None
-            continue
-        prefix, _, kind = tag.partition("-") if "-" in tag else ("I", "", tag)
-        if current is not None and prefix == "I" and current[0] == kind:
-            current[2] = end
-            current[3].append(scores[first])
-        else:
-            close()
-            current = [kind, start, end, [scores[first]]]
-    close()
+    for a, b, kind in bio_spans([tags[first] for first, _, _ in words]):
+        start, end = trim_span(text, words[a][1], words[b - 1][2])
+        if start < end:  # nothing but punctuation left: not a name
+            sc = [scores[words[i][0]] for i in range(a, b)]
+            entities.append(Entity(kind, text[start:end], start, end, sum(sc) / len(sc)))
     return entities
 
 
@@ -112,6 +98,8 @@ def trim_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def load_ner(source: str, device: str = "auto", precision: str = "auto", **options) -> NerModel:
-    model, tokenizer, dev, prec = loading.load(source, "ner", device, precision)
-    return NerModel(model, tokenizer, dev, prec, EngineOptions(**options))
+def load_ner(source: str, options: EngineOptions | None = None, **changes) -> NerModel:
+    """The NER engine for a directory or hub id; `changes` override single options."""
+    opts = replace(options or EngineOptions(), **changes)
+    model, tokenizer, dev, prec = loading.load(source, "ner", opts.device, opts.precision)
+    return NerModel(model, tokenizer, dev, prec, opts)

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 
 from . import batching, loading
+from .options import EngineOptions
 from .types import SENTIMENT_LABELS, Sentiment
-
-
-@dataclass
-class EngineOptions:
-    token_budget: int = 0  # padded tokens per forward pass; 0: batching.default_token_budget(device)
-    max_length: int = 512
-    stride: int = 128
-    max_chars: int = 100_000
-    window_rule: str = "mean"  # how a long review's windows are combined: "mean" or "owned" (combine_windows)
 
 
 class SentimentModel:
@@ -57,9 +49,8 @@ class SentimentModel:
 def fit_options(options: EngineOptions, model, device) -> EngineOptions:
     """Options as a model and device allow: windows no longer than the model's positions, and a
     token budget for the device when none was set."""
-    options.max_length = min(options.max_length, model.config.max_position_embeddings)
-    options.token_budget = options.token_budget or batching.default_token_budget(device)
-    return options
+    return replace(options, max_length=min(options.max_length, model.config.max_position_embeddings),
+                   token_budget=options.token_budget or batching.default_token_budget(device))
 
 
 def combine_windows(parts: list[tuple[batching.Window, torch.Tensor]], n_tokens: int, rule: str = "mean"):
@@ -82,6 +73,9 @@ def combine_windows(parts: list[tuple[batching.Window, torch.Tensor]], n_tokens:
     return (weights[:, None] * rows).sum(dim=0) / weights.sum()
 
 
-def load_sentiment(source: str, device: str = "auto", precision: str = "auto", **options) -> SentimentModel:
-    model, tokenizer, dev, prec = loading.load(source, "sentiment", device, precision)
-    return SentimentModel(model, tokenizer, dev, prec, EngineOptions(**options))
+def load_sentiment(source: str, options: EngineOptions | None = None, **changes) -> SentimentModel:
+    """The sentiment engine for a directory or hub id; `changes` override single options
+    (`load_sentiment(path, precision="fp32")`)."""
+    opts = replace(options or EngineOptions(), **changes)
+    model, tokenizer, dev, prec = loading.load(source, "sentiment", opts.device, opts.precision)
+    return SentimentModel(model, tokenizer, dev, prec, opts)

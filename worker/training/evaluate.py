@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable, Sequence
 
+from ..nlp import bio
 from ..nlp.ner import load_ner
 from ..nlp.sentiment import load_sentiment
 from ..nlp.types import NER_TYPES, SENTIMENT_LABELS
@@ -27,21 +28,9 @@ def sentiment_metrics(gold: Sequence[int], predicted: Sequence[int]) -> dict:
 
 
 def bio_spans(tags: Sequence[str]) -> set[tuple[int, int, str]]:
-    """(first token, last token, type) of each entity in a BIO sequence, as seqeval reads it:
-    an I- tag that does not continue an entity of its type starts a new one."""
-    spans: list[list] = []
-    prev_kind = None
-    for i, tag in enumerate(tags):
-        if tag == "O":
-            prev_kind = None
-            continue
-        prefix, _, kind = tag.partition("-")
-        if prefix == "I" and prev_kind == kind:
-            spans[-1][1] = i
-        else:
-            spans.append([i, i, kind])
-        prev_kind = kind
-    return {tuple(s) for s in spans}  # type: ignore[misc]
+    """(first token, last token, type) of each entity, both ends inclusive as seqeval gives them,
+    read by worker.nlp.bio (an I- tag that does not continue an entity of its type starts one)."""
+    return {(a, b - 1, kind) for a, b, kind in bio.bio_spans(tags)}
 
 
 def ner_metrics(gold: Sequence[set], predicted: Sequence[set]) -> dict:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nlp.batching import group_by_budget
+from ..nlp.bio import bio_spans
 from ..nlp.device import autocast, pick_device, pick_precision
 from ..nlp.types import NER_TAGS
 from .data import NerSentence, SentimentExample, sentence_text
@@ -64,20 +65,10 @@ def encode_sentiment(tokenizer, examples: Sequence[SentimentExample], config: Tr
 
 
 def bio_to_spans(tags: Sequence[str], token_spans: Sequence[tuple[int, int]]) -> list[tuple[int, int, str]]:
-    """Character spans (start, end, type) of BIO-tagged tokens, read as seqeval reads them."""
-    spans: list[list] = []
-    prev = "O"
-    for tag, (s, e) in zip(tags, token_spans):
-        if tag == "O":
-            prev = "O"
-            continue
-        prefix, _, kind = tag.partition("-")
-        if prefix == "I" and prev != "O" and prev.partition("-")[2] == kind:
-            spans[-1][1] = e
-        else:
-            spans.append([s, e, kind])
-        prev = tag
-    return [tuple(x) for x in spans]  # type: ignore[misc]
+    """Character spans (start, end, type) of BIO-tagged tokens, read by bio.bio_spans."""
+    if len(tags) != len(token_spans):
+        raise ValueError(f"{len(tags)} tags for {len(token_spans)} tokens")
+    return [(token_spans[a][0], token_spans[b - 1][1], kind) for a, b, kind in bio_spans(tags)]
 
 
 def word_labels(offsets, word_start: Sequence[bool], spans: Sequence[tuple[int, int, str]]) -> list[int]:

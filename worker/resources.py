@@ -1,15 +1,14 @@
-"""Per-process resources of a worker: the database session factory and the loaded models.
+"""Per-process resources of a worker (arq's `ctx`): the database sessions and the loaded models,
+built once in each process and handed to every batch.
 
-Models load once per process and stay loaded; before each batch one small query checks which
-versions are active, so a promotion reaches running workers without a restart.
+Models load once and stay loaded; before each batch one small query asks which versions are active,
+so a promotion reaches running workers without a restart.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-import torch
 
 from . import registry
 from .config import Settings
@@ -28,8 +27,10 @@ class LoadedModels:
     ner_version_id: int
 
 
-class Runtime:
+class Resources:
     def __init__(self, settings: Settings):
+        import torch
+
         self.settings = settings
         self.sessions = session_factory(settings.database_url)
         self._loaded: dict[int, SentimentModel | NerModel] = {}  # model_versions.id -> model
@@ -38,12 +39,9 @@ class Runtime:
 
     def _load(self, version) -> SentimentModel | NerModel:
         if version.id not in self._loaded:
-            s = self.settings
-            options = dict(token_budget=s.token_budget, max_length=s.max_length, stride=s.window_stride,
-                           max_chars=s.max_review_chars)
             loader = load_sentiment if version.task == "sentiment" else load_ner
             log.info("loading %s model version %s from %s", version.task, version.version, version.source)
-            model = loader(version.source, device=s.device, precision=s.precision, **options)
+            model = loader(version.source, self.settings.engine_options())
             # Keep only what is active: an old version's weights are memory we no longer need.
             self._loaded = {k: v for k, v in self._loaded.items() if type(v) is not type(model)}
             self._loaded[version.id] = model

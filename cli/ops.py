@@ -1,0 +1,94 @@
+"""Running the service: `db upgrade|downgrade`, `worker`, `beat`."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from worker.config import redact_url
+
+from .helpers import Context, clear_errors, describe_db, pass_ctx
+
+
+@click.group()
+def db() -> None:
+    """Create or change the database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@pass_ctx
+def db_upgrade(ctx: Context, revision: str) -> None:
+    """Apply migrations up to REVISION (default: the latest), under a lock: several at once are safe."""
+    from worker import migrate
+
+    url = ctx.settings.database_url
+    with clear_errors():
+        migrate.upgrade(url, revision)
+        click.echo(f"database {describe_db(ctx.settings)} at revision {migrate.current(url)}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@pass_ctx
+def db_downgrade(ctx: Context, revision: str) -> None:
+    """Undo migrations down to REVISION ('base' removes everything)."""
+    from worker import migrate
+
+    url = ctx.settings.database_url
+    with clear_errors():
+        migrate.downgrade(url, revision)
+        click.echo(f"database {describe_db(ctx.settings)} at revision {migrate.current(url) or 'base'}")
+
+
+@click.command()
+@click.option("--queues", "-Q", default="inference", show_default=True, help="Comma-separated queues to consume.")
+@click.option("--pool", type=click.Choice(["solo", "threads", "prefork"]), default="solo", show_default=True,
+              help="solo: one process, safe with CUDA. prefork forks children: CPU only.")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--hostname", "-n", help="Worker name [default: reviews@<host>].")
+@click.option("--beat", "-B", is_flag=True, help="Also run the beat scheduler (one per deployment).")
+@pass_ctx
+def worker(ctx: Context, queues: str, pool: str, concurrency: int, loglevel: str, hostname: str | None,
+           beat: bool) -> None:
+    """Start a Celery worker that analyses batches (queue 'inference') or retrains ('training')."""
+    from worker.db import check_schema
+    from worker.nlp.device import pick_device
+
+    settings = ctx.settings
+    with clear_errors():
+        check_schema(settings.database_url)
+        if pool == "prefork" and pick_device(settings.device).type == "cuda":
+            raise click.ClickException("CUDA cannot run in forked children: use --pool solo and scale processes")
+    if pool == "prefork" and settings.threads == 0:
+        # Each child gets its share of the cores; oversubscribed torch threads slow everyone down. The
+        # share is part of the settings the app is built with, so every child sees it.
+        settings = settings.with_(threads=max(1, (os.cpu_count() or 1) // concurrency))
+    ctx.settings = settings
+    app = ctx.app()
+    if "inference" in queues.split(","):
+        if pool == "prefork":  # each child loads its own models as it starts
+            from celery.signals import worker_process_init
+
+            worker_process_init.connect(app.reviews_context.warm_up_quietly, weak=False)
+        else:
+            with clear_errors():  # a broken model stops the worker now, with one line, not in a batch
+                app.reviews_context.warm_up()
+    argv = ["worker", "-Q", queues, "--pool", pool, "--concurrency", str(concurrency), "--loglevel", loglevel]
+    if hostname:
+        argv += ["--hostname", hostname]
+    if beat:
+        argv.append("--beat")
+    click.echo(f"worker on {redact_url(settings.broker_url)}, database {describe_db(settings)}"
+               f"{f', {settings.threads} torch threads per child' if pool == 'prefork' else ''}", err=True)
+    app.worker_main(argv)
+
+
+@click.command()
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@pass_ctx
+def beat(ctx: Context, loglevel: str) -> None:
+    """Run the Celery beat scheduler (scheduled retraining). Run exactly one per deployment."""
+    ctx.app().start(["beat", "--loglevel", loglevel])

@@ -1,0 +1,110 @@
+"""Writing results, and the one rule for reading them back: a review's latest result is the one
+analysed last (by `created_at`, which every upsert refreshes; the higher id on a tie). Export here
+and the views of migration 0003 both follow it, so that after a rollback and a reprocess everyone
+sees the version now active."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from .db import insert
+from .nlp.types import Entity, Sentiment
+from .schema import EntityRow, JobReview, ModelVersion, NerResult, Review, SentimentResult, utcnow
+
+PAGE = 1000
+COLUMNS = ["id", "product_id", "rating", "sentiment", "probability", "score", "sentiment_model_version",
+           "entities", "ner_model_version", "text"]
+
+
+def write(session: Session, ids: Sequence[int], sentiments: Sequence[Sentiment], entities: Sequence[list[Entity]],
+          sentiment_version_id: int, ner_version_id: int) -> None:
+    """A few statements per table for the whole batch: executemany, which SQLAlchemy sends as
+    multi-row INSERTs (its "insertmanyvalues" mode), with the statement compiled once. Every write
+    is an upsert keyed on (review, model version): a redelivered batch changes nothing."""
+    now = utcnow()
+    stmt = insert(session, SentimentResult)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["review_id", "model_version_id"],
+            set_=dict(label=stmt.excluded.label, probability=stmt.excluded.probability, score=stmt.excluded.score,
+                      created_at=stmt.excluded.created_at),
+        ),
+        [dict(review_id=i, model_version_id=sentiment_version_id, label=s.label, probability=s.probability,
+              score=s.score, created_at=now) for i, s in zip(ids, sentiments)],
+    )
+    stmt = insert(session, NerResult)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["review_id", "model_version_id"],
+            set_=dict(entity_count=stmt.excluded.entity_count, created_at=stmt.excluded.created_at),
+        ),
+        [dict(review_id=i, model_version_id=ner_version_id, entity_count=len(es), created_at=now)
+         for i, es in zip(ids, entities)],
+    )
+    # A redelivered batch replaces the entities it wrote before: delete, then insert.
+    session.execute(delete(EntityRow).where(EntityRow.review_id.in_(ids), EntityRow.model_version_id == ner_version_id))
+    entity_rows = [
+        dict(review_id=i, model_version_id=ner_version_id, label=e.label, text=e.text, start_char=e.start,
+             end_char=e.end, score=e.score)
+        for i, es in zip(ids, entities) for e in es
+    ]
+    if entity_rows:
+        session.execute(EntityRow.__table__.insert(), entity_rows)
+
+
+def latest(session: Session, model, ids: list[int]) -> dict[int, tuple]:
+    """The latest row of `model` (SentimentResult or NerResult) per review, with its version number."""
+    out: dict[int, tuple] = {}
+    rows = session.execute(
+        select(model, ModelVersion.version)
+        .join(ModelVersion, ModelVersion.id == model.model_version_id)
+        .where(model.review_id.in_(ids))
+        .order_by(model.created_at, model.id)
+    )
+    for row, version in rows:
+        out[row.review_id] = (row, version)  # later rows overwrite earlier ones
+    return out
+
+
+def iter_export(session: Session, job_id: int | None = None) -> Iterator[dict]:
+    """One dict per analysed review (COLUMNS), in review order, read a page at a time."""
+    last_id = 0
+    while True:
+        q = select(Review).where(Review.id > last_id).order_by(Review.id).limit(PAGE)
+        if job_id is not None:
+            q = q.join(JobReview, JobReview.review_id == Review.id).where(JobReview.job_id == job_id)
+        reviews = session.scalars(q).all()
+        if not reviews:
+            return
+        last_id = reviews[-1].id
+        ids = [r.id for r in reviews]
+        sentiment = latest(session, SentimentResult, ids)
+        ner = latest(session, NerResult, ids)
+        entities: dict[int, list[dict]] = {}
+        ner_pairs = {(n.review_id, n.model_version_id) for n, _ in ner.values()}
+        for e in session.scalars(select(EntityRow).where(EntityRow.review_id.in_(ids)).order_by(EntityRow.start_char)):
+            if (e.review_id, e.model_version_id) in ner_pairs:
+                entities.setdefault(e.review_id, []).append(
+                    {"label": e.label, "text": e.text, "start": e.start_char, "end": e.end_char,
+                     "score": round(e.score, 4)}
+                )
+        for r in reviews:
+            if r.id not in sentiment and r.id not in ner:
+                continue  # not analysed yet
+            s, s_version = sentiment.get(r.id, (None, None))
+            n, n_version = ner.get(r.id, (None, None))
+            yield {
+                "id": r.external_id,
+                "product_id": r.product_id,
+                "rating": r.rating,
+                "sentiment": s.label if s else None,
+                "probability": round(s.probability, 4) if s else None,
+                "score": round(s.score, 4) if s else None,
+                "sentiment_model_version": s_version,
+                "entities": entities.get(r.id, []) if n else None,
+                "ner_model_version": n_version,
+                "text": r.text,
+            }
