@@ -153,5 +153,14 @@ def atomic_output(path: str, encoding: str = "utf-8"):
         raise
 
 
+def warn_about_drift(ctx: Context) -> None:
+    """Say loudly when REVIEWS_*_MODEL names a model that the database does not serve."""
+    from worker import registry
+
+    with clear_errors(), ctx.sessions()() as s:
+        for warning in registry.configured_drift(s, ctx.settings):
+            click.secho(f"warning: {warning}", err=True, fg="yellow")
+
+
 def describe_db(settings: Settings) -> str:
     return redact_url(settings.database_url)

@@ -8,7 +8,7 @@ import time
 import click
 
 from .helpers import (EXIT_BY_STATUS, Context, clear_errors, describe_db, open_input, pass_ctx, print_progress,
-                      report_rejections, wait_for_job)
+                      report_rejections, wait_for_job, warn_about_drift)
 
 input_file = click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 format_option = click.option(
@@ -76,6 +76,7 @@ def run(ctx: Context, file: str, fmt: str, batch_size: int | None) -> None:
         started = time.monotonic()
         _ensure_schema(settings.database_url)
         check_schema(settings.database_url)
+        warn_about_drift(ctx)
         from worker.resources import Resources
 
         resources = Resources(settings)

@@ -44,7 +44,8 @@ def models_list(ctx: Context, task: str | None, as_json: bool) -> None:
 
     with clear_errors():
         with ctx.sessions()() as s:
-            registry.active_versions(s, ctx.settings)  # the configured defaults are version 1
+            for warning in registry.configured_drift(s, ctx.settings):  # also registers the defaults
+                click.echo(f"warning: {warning}", err=True)
             for mv in registry.versions(s, task):
                 click.echo(json.dumps(_as_dict(mv)) if as_json else _describe(mv))
 

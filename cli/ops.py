@@ -8,7 +8,7 @@ import click
 
 from worker.config import redact_url
 
-from .helpers import Context, clear_errors, describe_db, pass_ctx
+from .helpers import Context, clear_errors, describe_db, pass_ctx, warn_about_drift
 
 
 @click.group()
@@ -67,6 +67,7 @@ def worker(ctx: Context, queues: str, pool: str, concurrency: int, loglevel: str
         # share is part of the settings the app is built with, so every child sees it.
         settings = settings.with_(threads=max(1, (os.cpu_count() or 1) // concurrency))
     ctx.settings = settings
+    warn_about_drift(ctx)
     app = ctx.app()
     if "inference" in queues.split(","):
         if pool == "prefork":  # each child loads its own models as it starts

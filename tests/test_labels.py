@@ -44,3 +44,28 @@ def test_label_import_validates_and_is_idempotent(migrated_sqlite, tiny_models, 
     assert [(r.task, r.sentiment) for r in rows] == [("sentiment", "negative"), ("sentiment", "positive"), ("ner", None)]
     assert rows[0].review_id is not None and rows[0].text == "An awful film"
     assert rows[2].entities == [{"start": 0, "end": 12, "label": "PER"}, {"start": 16, "end": 21, "label": "LOC"}]
+
+
+def test_the_latest_label_of_a_text_wins_even_when_it_was_given_before(migrated_sqlite, tiny_models, tmp_path):
+    from worker.retrain import latest_labels
+
+    env = settings_env(make_settings(migrated_sqlite, tiny_models))
+    runner = CliRunner()
+    outcomes = []
+    for value in ("positive", "negative", "positive"):
+        path = write_jsonl(tmp_path / f"{value}.jsonl", [{"text": "A film about nothing", "sentiment": value}])
+        outcomes.append(runner.invoke(main, ["label", str(path)], env=env).output)
+    assert all("1 labels added" in out for out in outcomes), outcomes
+    with session_factory(migrated_sqlite)() as s:
+        assert [lb.sentiment for lb in latest_labels(s, "sentiment")] == ["positive"]
+    again = runner.invoke(main, ["label", str(tmp_path / "positive.jsonl")], env=env)
+    assert "0 labels added, 1 already known" in again.output  # the same as the latest: nothing changes
+
+
+def test_a_file_with_no_usable_label_exits_non_zero(migrated_sqlite, tiny_models, tmp_path):
+    env = settings_env(make_settings(migrated_sqlite, tiny_models))
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "x", "sentiment": "meh"}\n{"text": "a\\ud800b", "sentiment": "positive"}\n')
+    result = CliRunner().invoke(main, ["label", str(path)], env=env)
+    assert result.exit_code == 1 and "no label could be used" in result.output
+    assert "line 2:" in result.output and "Traceback" not in result.output

@@ -84,7 +84,7 @@ def test_schedule_exists_and_skips_with_too_few_labels(setup):
     add_labels(settings.database_url, toy_labels()[:10])
     outcomes = app.tasks["reviews.scheduled_retrain"].run()
     assert [o["status"] for o in outcomes] == ["skipped", "skipped"]
-    assert "10 new sentiment labels since version 1; 50 needed" in outcomes[0]["reason"]
+    assert "10 sentiment labels no version has trained on; 50 needed" in outcomes[0]["reason"]
     with sessions() as s:
         assert [mv.version for mv in registry.versions(s, "sentiment")] == [1]
 
@@ -125,3 +125,28 @@ def test_retrain_through_a_trainer_worker(migrated_pg, redis_url, tiny_models, t
     assert outcome["status"] == "promoted" and outcome["version"] == 2
     listing = CliRunner().invoke(main, ["models", "list", "--task", "sentiment"], env=env).output
     assert "v2   active" in listing
+
+
+def test_labels_count_as_new_until_a_version_trains_on_them(setup):
+    """Labels imported before any worker ran are new to version 1; after a retrain, only later ones are."""
+    settings, sessions = setup
+    with sessions() as s:
+        assert retrain.untrained_labels(s, "sentiment") == 0
+    empty = retrain.retrain(settings, sessions, "sentiment", progress=lambda m: None, **FAST)
+    assert empty.status == "skipped" and "no sentiment labels" in empty.reason
+    add_labels(settings.database_url, toy_labels())
+    with sessions() as s:
+        assert retrain.untrained_labels(s, "sentiment") == len(toy_labels())
+    first = retrain.retrain(settings, sessions, "sentiment", progress=lambda m: None, **FAST)
+    assert first.status == "promoted", first
+    with sessions() as s:
+        assert retrain.untrained_labels(s, "sentiment") == 0
+    add_labels(settings.database_url, [("a brand new text that was great", "positive")])
+    with sessions() as s:
+        assert retrain.untrained_labels(s, "sentiment") == 1
+    # The schedule waits for enough of them; an explicit retrain trains whenever there are labels.
+    scheduled = retrain.retrain(settings, sessions, "sentiment", 50, progress=lambda m: None, **FAST)
+    assert scheduled.status == "skipped" and "1 sentiment labels no version has trained on; 50 needed" in scheduled.reason
+    explicit = retrain.retrain(settings, sessions, "sentiment", progress=lambda m: None, **FAST)
+    assert explicit.status in ("promoted", "rejected") and explicit.version == 3
+

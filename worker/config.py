@@ -39,7 +39,7 @@ LIMITS: dict[str, tuple] = {
     "max_review_chars": (1, 100_000_000),
     "max_line_bytes": (64, 1_073_741_824),
     "threads": (0, 1024),
-    "visibility_timeout": (10, 30 * 24 * 3600),
+    "visibility_timeout": (1, 30 * 24 * 3600),
     "task_max_retries": (0, 100),
     "db_max_retries": (0, 1000),
     "retry_delay": (0.0, 3600.0),

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import insert
@@ -148,10 +148,21 @@ def _store(session: Session, chunk: list[ParsedLabel], source: str, report: Labe
                          sentiment=p.sentiment, entities=p.entities, source=source, created_at=utcnow()))
     if not rows:
         return
-    keys = [r["key"] for r in rows]
-    known = set(session.scalars(select(Label.key).where(Label.key.in_(keys))))
-    fresh = {r["key"]: r for r in rows if r["key"] not in known}  # a label twice in one chunk is one label
-    report.already_known += len(rows) - len(fresh)
+    by_key = {r["key"]: r for r in rows}  # the same label twice in one chunk is one label
+    known = set(session.scalars(select(Label.key).where(Label.key.in_(list(by_key)))))
+    fresh = [r for k, r in by_key.items() if k not in known]
+    # A known label that is no longer the latest of its text (positive, then negative, then positive
+    # again) becomes the latest once more: the latest label wins, whatever came before.
+    revived = [k for k in known if latest_key(session, by_key[k]["task"], by_key[k]["text"]) != k]
+    if revived:
+        session.execute(update(Label).where(Label.key.in_(revived)).values(created_at=utcnow(), source=source))
+    report.already_known += len(known) - len(revived)
+    report.added += len(fresh) + len(revived)
     if fresh:
-        session.execute(insert(session, Label).values(list(fresh.values())).on_conflict_do_nothing(index_elements=["key"]))
-    report.added += len(fresh)
+        session.execute(insert(session, Label).values(fresh).on_conflict_do_nothing(index_elements=["key"]))
+
+
+def latest_key(session: Session, task: str, text: str) -> str | None:
+    """The key of the label that counts for this text: the most recent one."""
+    return session.scalar(select(Label.key).where(Label.task == task, Label.text == text)
+                          .order_by(Label.created_at.desc(), Label.id.desc()).limit(1))

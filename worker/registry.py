@@ -44,6 +44,29 @@ def _register_default(session: Session, settings: Settings, task: str) -> ModelV
     return mv
 
 
+def configured_drift(session: Session, settings: Settings) -> list[str]:
+    """Warnings for each task whose configured model (REVIEWS_*_MODEL) is not what its active version
+    serves: the setting only seeds version 1 of a new database, so changing it later does nothing."""
+    out = []
+    for task, mv in active_versions(session, settings).items():
+        configured = settings.sentiment_model if task == "sentiment" else settings.ner_model
+        if _same_source(configured, mv.source) or mv.parent_id is not None:
+            continue  # a retrained version is expected to differ from the seed
+        out.append(f"REVIEWS_{task.upper()}_MODEL is {configured}, but the active {task} version {mv.version} "
+                   f"serves {mv.source}: the setting only seeds version 1 of a new database; the database's "
+                   "active version is what runs")
+    return out
+
+
+def _same_source(a: str, b: str) -> bool:
+    from pathlib import Path
+
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
 def versions(session: Session, task: str | None = None) -> list[ModelVersion]:
     q = select(ModelVersion).order_by(ModelVersion.task, ModelVersion.version)
     if task:

@@ -14,10 +14,11 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timezone
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import registry
@@ -52,17 +53,29 @@ def is_heldout(text: str) -> bool:
     return int(hashlib.sha256(("heldout:" + text).encode()).hexdigest(), 16) % 100 < HELDOUT_PERCENT
 
 
-def labels_since(session: Session, task: str, since) -> int:
-    q = select(func.count()).select_from(Label).where(Label.task == task)
-    if since is not None:
-        q = q.where(Label.created_at > since)
-    return session.scalar(q) or 0
+def untrained_labels(session: Session, task: str) -> int:
+    """Labels (the latest of each text) that no version of the task was trained on: newer than the
+    newest label any retrain of this task has seen, whatever came of that retrain."""
+    seen = [mv.train_counts.get("labels_until") for mv in registry.versions(session, task)
+            if (mv.train_counts or {}).get("labels_until")]
+    labels = latest_labels(session, task)
+    if not seen:
+        return len(labels)
+    until = max(seen)
+    return sum(1 for lb in labels if _stamp(lb.created_at) > until)
+
+
+def _stamp(moment) -> str:
+    """A label time as a sortable UTC string (SQLite returns naive datetimes, PostgreSQL aware ones)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds")
 
 
 def latest_labels(session: Session, task: str) -> list[Label]:
     """One label per text: the most recent one wins, so a corrected label replaces an old one."""
     latest: dict[str, Label] = {}
-    for label in session.scalars(select(Label).where(Label.task == task).order_by(Label.id)):
+    for label in session.scalars(select(Label).where(Label.task == task).order_by(Label.created_at, Label.id)):
         latest[label.text] = label
     return list(latest.values())
 
@@ -160,14 +173,15 @@ def retrain(
 def _retrain_locked(settings, sessions, task, min_new_labels, progress, **train_options) -> RetrainOutcome:
     with sessions() as session:
         active = registry.active_versions(session, settings)[task]
-        # Labels count as new when they arrived after the active version was made; the configured
-        # default (version 1) has seen none of them.
-        new = labels_since(session, task, active.created_at if active.parent_id else None)
+        new = untrained_labels(session, task)
         labels = latest_labels(session, task)
-    needed = max(min_new_labels, 1)
-    if new < needed:
-        return RetrainOutcome(task, "skipped", f"{new} new {task} labels since version {active.version}; "
-                                               f"{needed} needed")
+    # The schedule waits for enough labels that no version has trained on; an explicit retrain
+    # (min_new_labels 0) trains whenever there are labels.
+    if new < min_new_labels:
+        return RetrainOutcome(task, "skipped", f"{new} {task} labels no version has trained on; "
+                                               f"{min_new_labels} needed")
+    if not labels:
+        return RetrainOutcome(task, "skipped", f"no {task} labels: import some with `reviews label`")
     train = [lb for lb in labels if not is_heldout(lb.text)]
     heldout = [lb for lb in labels if is_heldout(lb.text)]
     if not train or not heldout:
@@ -190,7 +204,8 @@ def _retrain_locked(settings, sessions, task, min_new_labels, progress, **train_
                    "train_seconds": round(time.monotonic() - started, 1),
                    "train_options": {k: v for k, v in train_options.items()}}
         mv = registry.register(session, task, str(final_dir), "candidate", parent_id=active.id,
-                               train_counts={"train": len(train), "heldout": len(heldout), "new": new},
+                               train_counts={"train": len(train), "heldout": len(heldout), "new": new,
+                                             "labels_until": max(_stamp(lb.created_at) for lb in labels)},
                                metrics=metrics)
         if cand >= act - tolerance:
             registry.promote(session, task, mv.version,
