@@ -169,3 +169,60 @@ def test_every_kind_of_bad_input_is_named_and_the_rest_goes_through(cli, tmp_pat
     result = cli("run", str(wrong_header))
     assert result.exit_code == 1 and "line 1: CSV header has no 'text' column (found: id, body)" in result.output
     assert "[failed] " + str(wrong_header) in cli("jobs").output
+
+
+def test_commands_that_used_to_mislead(cli, tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [{"id": "r1", "text": "Fine"}])
+    assert cli("run", str(path)).exit_code == 0
+    bad_limit = cli("jobs", "--limit", "-1")
+    assert bad_limit.exit_code == 2 and "-1 is not in the range" in bad_limit.output
+    no_dir = cli("export", "-o", "/no/such/dir/x.csv")
+    assert no_dir.exit_code == 1 and "/no/such/dir" in no_dir.output and "does not exist" in no_dir.output
+    no_job = cli("export", "--job", "99999")
+    assert no_job.exit_code == 1 and "no job 99999" in no_job.output
+    assert cli("status", "1", "--json").output.strip().startswith('{"job": 1, "status": "done"')
+    assert json.loads(cli("jobs", "--json").output.splitlines()[0])["total"] == 1
+
+
+def test_export_to_a_file_is_whole_or_not_at_all(cli, tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "text": f"review {i}"} for i in range(3)])
+    assert cli("run", str(path)).exit_code == 0
+    target = tmp_path / "out.jsonl"
+    target.write_text("the previous export\n")
+    with session_factory(cli.settings.database_url)() as s:  # a value strict JSON cannot hold
+        s.query(Review).filter(Review.external_id == "r2").update({"rating": float("inf")})
+        s.commit()
+    result = cli("export", "-o", str(target))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert target.read_text() == "the previous export\n"  # untouched by the failed export
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".reviews-")] == []
+
+
+def test_two_runs_at_once_on_a_fresh_sqlite_file(sqlite_url, tiny_models, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    settings = make_settings(sqlite_url, tiny_models, model_dir=str(tmp_path / "versions"))
+    env = {**os.environ, **settings_env(settings)}
+    files = [write_jsonl(tmp_path / f"{k}.jsonl", [{"id": f"{k}-{i}", "text": f"review {i}"} for i in range(5)])
+             for k in "ab"]
+    procs = [subprocess.Popen([sys.executable, "-m", "cli.main", "run", str(f)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for f in files]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert all("5/5 done" in out for out in outputs)
+    assert _count(sqlite_url, Review) == 10
+
+
+def test_a_changed_model_setting_is_reported_loudly(cli, tmp_path):
+    import shutil
+
+    assert cli("run", str(write_jsonl(tmp_path / "in.jsonl", [{"text": "Fine"}]))).exit_code == 0
+    other = tmp_path / "other-sentiment"
+    shutil.copytree(cli.settings.sentiment_model, other)
+    env = settings_env(cli.settings) | {"REVIEWS_SENTIMENT_MODEL": str(other)}
+    listing = CliRunner().invoke(main, ["models", "list"], env=env)
+    assert f"warning: REVIEWS_SENTIMENT_MODEL is {other}, but the active sentiment version 1 serves" in listing.output
+    quiet = cli("models", "list")
+    assert "warning" not in quiet.output

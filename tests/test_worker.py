@@ -86,3 +86,14 @@ def test_enqueue_says_clearly_when_the_broker_is_down(migrated_pg, tiny_models, 
     result = CliRunner().invoke(main, ["enqueue", str(path)], env=env)
     assert result.exit_code == 1 and "cannot reach the broker redis://:***@127.0.0.1:1/0" in result.output
     assert "hunter2" not in result.output
+
+
+def test_wait_without_a_worker_warns_and_times_out(migrated_pg, redis_url, tiny_models, tmp_path):
+    from conftest import make_settings
+
+    settings = make_settings(migrated_pg, tiny_models)
+    path = write_jsonl(tmp_path / "r.jsonl", [{"text": "nobody will read this"}])
+    result = CliRunner().invoke(main, ["enqueue", "--wait", "--timeout", "1", str(path)], env=settings_env(settings))
+    assert result.exit_code == 5, result.output  # timed out: the job goes on without us
+    assert "no worker consumes queue 'inference'" in result.output
+    assert "timed out after 1 s" in result.output and "[queued]" in result.output
