@@ -142,3 +142,21 @@ def test_database_outage_is_retried_until_it_returns(migrated_pg, redis_url, tin
         worker.wait(60)
     assert (p.status, p.done, p.failed) == ("done", 48, 0)
     exactly_once(settings.database_url, 48)
+
+
+def test_prefork_children_get_their_share_of_the_cores(migrated_pg, redis_url, tiny_models, tmp_path):
+    settings = make_settings(migrated_pg, tiny_models)
+    env = {**os.environ, **settings_env(settings)}
+    env.pop("REVIEWS_THREADS", None)
+    log = tmp_path / "w.log"
+    cmd = [sys.executable, "-m", "cli.main", "worker", "--pool", "prefork", "-c", "2", "--loglevel", "INFO"]
+    worker = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: log.read_text().count("torch threads") >= 2, 120, "both children to load their models")
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)
+    share = max(1, (os.cpu_count() or 1) // 2)
+    lines = [line for line in log.read_text().splitlines() if "torch threads" in line]
+    assert len(lines) >= 2 and all(f": {share} torch threads" in line for line in lines), lines
+    assert f"{share} torch threads per child" in log.read_text()

@@ -1,48 +1,43 @@
 """Read review files (JSONL or CSV with a header) as a stream of validated records or rejected lines.
 
-Each line stands alone: a bad one becomes a `Rejected` with its line number and the reason, and the
-rest of the file goes on. Memory stays constant: lines are read one at a time, with a byte limit, so
-even a multi-megabyte line is never held whole.
+Input is adversarial: whatever bytes a line holds, it becomes a `Record` that PostgreSQL, SQLite and
+strict JSON all take as it is, or a `Rejected` with its line number and a one-line reason naming the
+field; the rest of the file goes on. Memory stays constant: lines are read one at a time with a byte
+limit, so even a multi-megabyte line is never held whole.
+
+Gzip is found by its magic bytes (1f 8b), whatever the file is called, stdin included, and read as a
+stream. A corrupt or truncated gzip stream ends the input with one `Rejected` at the line being read
+("gzip data is corrupt or truncated (...); the rest of the file was not read"); the lines before it
+were yielded already. `InputError` is only for a CSV header that makes the whole file unusable.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
+import gzip
 import io
 import json
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import IO, Any, Iterator
+import math
+import re
+import zlib
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
-KNOWN_FIELDS = ("id", "text", "product_id", "rating", "created_at")
+# Record, Rejected, validate and the rest of what a line becomes live in records.py; they are
+# imported here too, as the names callers of the reader use.
+from .records import (MAX_DEPTH, MAX_DIGITS, BadNumber, Record, Rejected, field_name, printable,  # noqa: F401
+                      safe_raw, sha256, string_problem, text_problem, validate, value_problem)
+
+GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_ERRORS = (OSError, EOFError, zlib.error)  # BadGzipFile is an OSError
+_ESCAPED = re.compile("[\udc80-\udcff]")  # undecodable bytes, as surrogateescape shows them
+# The only way a NUL or a lone surrogate gets into a parsed string: raw NUL is invalid JSON, raw
+# surrogates invalid UTF-8. Lines without such an escape skip the walk over every string.
+_NUL_OR_SURROGATE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 
 class InputError(ValueError):
     """The whole file is unusable (a CSV without a text column, say)."""
-
-
-@dataclass(frozen=True)
-class Record:
-    line_no: int
-    external_id: str
-    text: str
-    text_sha256: str
-    product_id: str | None = None
-    rating: float | None = None
-    created_at: datetime | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Rejected:
-    line_no: int
-    reason: str
-    raw: str
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def detect_format(name: str, fmt: str = "auto") -> str:
@@ -51,34 +46,82 @@ def detect_format(name: str, fmt: str = "auto") -> str:
     return "csv" if name.lower().endswith((".csv", ".csv.gz")) else "jsonl"
 
 
+class _Prefixed(io.RawIOBase):
+    """The bytes already read from `stream`, then the rest of it. Never closes `stream`: the caller owns it."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]):
+        super().__init__()
+        self._head, self._stream = head, stream
+        self._read = getattr(stream, "read1", stream.read)  # read1: a slow pipe's lines come out as they arrive
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        if self._head:
+            data, self._head = self._head[: len(buffer)], self._head[len(buffer):]
+        else:
+            data = self._read(len(buffer)) or b""
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def open_input(stream: IO[bytes]) -> IO[bytes]:
+    """`stream` as a buffered binary stream, decompressed on the fly when it starts with the gzip magic.
+
+    Needs no seek (stdin works): the bytes looked at are put back in front.
+    """
+    head = b""
+    while len(head) < 2:  # a pipe may hand over one byte at a time
+        more = stream.read(2 - len(head))
+        if not more:
+            break
+        head += more
+    buffered = io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 16)
+    return gzip.GzipFile(fileobj=buffered, mode="rb") if head == GZIP_MAGIC else buffered  # type: ignore[return-value]
+
+
 def read_records(stream: IO[bytes], fmt: str, max_line_bytes: int) -> Iterator[Record | Rejected]:
-    """Records and rejected lines, in file order. `stream` is binary: decoding is checked per line."""
+    """Records and rejected lines, in file order. `stream` is binary, plain or gzip: decoding is checked per line."""
     if fmt == "csv":
         yield from _read_csv(stream, max_line_bytes)
     else:
-        yield from _read_jsonl(stream, max_line_bytes)
-
-
-def _lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
-    """(line number, bytes or None when over the limit, size in bytes) for each line."""
-    line_no = 0
-    while True:
-        chunk = stream.readline(max_line_bytes + 1)
-        if not chunk:
-            return
-        line_no += 1
-        if len(chunk) > max_line_bytes and not chunk.endswith(b"\n"):
-            size = len(chunk)
-            while chunk and not chunk.endswith(b"\n"):  # skip the rest of the line, a piece at a time
-                chunk = stream.readline(1 << 20)
-                size += len(chunk)
-            yield line_no, None, size - chunk.endswith(b"\n")  # the newline is not part of the line
-        else:
-            yield line_no, chunk, len(chunk)
+        for item in read_json_objects(stream, max_line_bytes):
+            yield item if isinstance(item, Rejected) else validate(*item, checked=True)
 
 
 def _too_long(line_no: int, size: int, limit: int) -> Rejected:
     return Rejected(line_no, f"line is {size:,} bytes, over the limit of {limit:,} (REVIEWS_MAX_LINE_BYTES)", "")
+
+
+def _unreadable(line_no: int, exc: BaseException) -> Rejected:
+    detail = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+    return Rejected(line_no, f"gzip data is corrupt or truncated ({detail}); the rest of the file was not read", "")
+
+
+def _lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes] | Rejected]:
+    """(line number, bytes) for each line, or a Rejected for one over the limit or unreadable gzip."""
+    errors = _GZIP_ERRORS if isinstance(stream, gzip.GzipFile) else ()  # a plain file's I/O error stays an error
+    line_no = 0
+    while True:
+        line_no += 1
+        try:
+            chunk = stream.readline(max_line_bytes + 1)
+            size = len(chunk)
+            if size > max_line_bytes and not chunk.endswith(b"\n"):
+                while chunk and not chunk.endswith(b"\n"):  # skip the rest of the line, a piece at a time
+                    chunk = stream.readline(1 << 20)
+                    size += len(chunk)
+                yield _too_long(line_no, size - chunk.endswith(b"\n"), max_line_bytes)
+                continue
+        except errors as exc:
+            yield _unreadable(line_no, exc)
+            return
+        if not chunk:
+            return
+        if line_no == 1 and chunk.startswith(b"\xef\xbb\xbf"):
+            chunk = chunk[3:]  # a UTF-8 byte-order mark, as some editors write
+        yield line_no, chunk
 
 
 def _decode(line_no: int, raw: bytes) -> str | Rejected:
@@ -89,62 +132,142 @@ def _decode(line_no: int, raw: bytes) -> str | Rejected:
         return Rejected(line_no, f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}", shown)
 
 
+def _decoder(bad: Callable[[str], Any]) -> json.JSONDecoder:
+    # The default decoder takes NaN, Infinity and any number of digits: not strict JSON, and not storable.
+    def parse_int(s: str) -> Any:
+        digits = len(s) - s.startswith("-")
+        return int(s) if digits <= MAX_DIGITS else bad(f"is a number with {digits:,} digits (at most {MAX_DIGITS:,})")
+
+    def parse_float(s: str) -> Any:
+        value = float(s)
+        return value if math.isfinite(value) else bad(f"is out of range for a number ({s[:20]})")
+
+    return json.JSONDecoder(parse_int=parse_int, parse_float=parse_float,
+                            parse_constant=lambda name: bad(f"is {name}: NaN/Infinity is not valid JSON"))
+
+
+def _raise(problem: str) -> Any:
+    raise BadNumber(problem)
+
+
+_STRICT = _decoder(_raise)  # fast: no walk over the values afterwards to find a bad number
+_MARKING = _decoder(BadNumber)  # for the rare line _STRICT refuses: parsed again to name the field
+
+
 def read_json_objects(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, dict, str] | Rejected]:
-    """(line number, object, raw line) for each JSON object line, or a Rejected for a bad line."""
-    for line_no, raw, size in _lines(stream, max_line_bytes):
-        if raw is None:
-            yield _too_long(line_no, size, max_line_bytes)
+    """(line number, object, raw line) for each JSON object line, or a Rejected for a bad line.
+
+    Objects come out strict: no NaN/Infinity, integers of at most MAX_DIGITS digits, no NUL or lone
+    surrogate in any string or key, nesting at most MAX_DEPTH deep.
+    """
+    for item in _lines(open_input(stream), max_line_bytes):
+        if isinstance(item, Rejected):
+            yield item
             continue
+        line_no, raw = item
         line = _decode(line_no, raw)
         if isinstance(line, Rejected):
             yield line
             continue
         if not line.strip():
             continue  # blank lines separate nothing in JSONL; skipping them loses nothing
-        line = line.rstrip("\n")
+        line = line.rstrip("\r\n")
+        suspect = ("\\u" in line and _NUL_OR_SURROGATE_ESCAPE.search(line)) or \
+            line.count("[") + line.count("{") > MAX_DEPTH
         try:
-            obj = json.loads(line)
+            try:
+                obj = _STRICT.decode(line)
+            except BadNumber:
+                obj, suspect = _MARKING.decode(line), True
         except json.JSONDecodeError as exc:
             yield Rejected(line_no, f"invalid JSON: {exc.msg} at column {exc.colno}", line)
+            continue
+        except RecursionError:  # the C parser recurses per level and stops near 1,000
+            yield Rejected(line_no, f"JSON is nested too deeply (more than {MAX_DEPTH} levels)", line)
             continue
         if not isinstance(obj, dict):
             yield Rejected(line_no, f"expected a JSON object, got {type(obj).__name__}", line)
             continue
-        yield line_no, obj, line
+        problem = value_problem(obj) if suspect else None
+        yield Rejected(line_no, problem, line) if problem else (line_no, obj, line)
 
 
-def _read_jsonl(stream: IO[bytes], max_line_bytes: int) -> Iterator[Record | Rejected]:
-    for item in read_json_objects(stream, max_line_bytes):
-        yield item if isinstance(item, Rejected) else validate(*item)
+class _LineTooLong(Exception):
+    """args[0]: the line's size in bytes."""
+
+
+class _CsvLines:
+    """Physical lines for csv.reader, each at most `limit` bytes; raises _LineTooLong (once) for a longer one.
+
+    A class, not a generator: the reader calls it again after an exception, and the next line follows.
+    """
+
+    def __init__(self, text: io.TextIOWrapper, limit: int):
+        self.text, self.limit, self.line_no = text, limit, 0
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        self.line_no += 1
+        line = self.text.readline(self.limit + 1)
+        if not line:
+            raise StopIteration
+        size = len(line.rstrip("\r\n").encode("utf-8", "surrogateescape"))  # the line ending does not count
+        if size <= self.limit:
+            return line
+        while line and not line.endswith(("\n", "\r")):  # skip the rest of the line, a piece at a time
+            line = self.text.readline(1 << 20)
+            size += len(line.rstrip("\r\n").encode("utf-8", "surrogateescape"))
+        raise _LineTooLong(size)
 
 
 def _read_csv(stream: IO[bytes], max_line_bytes: int) -> Iterator[Record | Rejected]:
-    # surrogateescape keeps undecodable bytes visible per row instead of failing the whole file.
-    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
-    reader = csv.reader(text)
+    binary = open_input(stream)
+    errors = _GZIP_ERRORS if isinstance(binary, gzip.GzipFile) else ()
+    # utf-8-sig drops a byte-order mark; surrogateescape keeps undecodable bytes visible per row.
+    text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    lines = _CsvLines(text, max_line_bytes)
+    reader = csv.reader(lines)
     try:
         header = next(reader)
     except StopIteration:
         return
-    header = [h.strip().lstrip("\ufeff") for h in header]
+    except errors as exc:
+        yield _unreadable(1, exc)
+        return
+    except (csv.Error, _LineTooLong) as exc:
+        raise InputError(f"line 1: CSV header cannot be read ({'too long' if isinstance(exc, _LineTooLong) else exc})")
+    header = [h.strip() for h in header]
     if "text" not in header:
-        raise InputError(f"line 1: CSV header has no 'text' column (found: {', '.join(header) or 'nothing'})")
-    csv.field_size_limit(max_line_bytes)
+        found = printable(", ".join(header))[:200] or "nothing"
+        raise InputError(f"line 1: CSV header has no 'text' column (found: {found})")
+    for name in header:  # a bad column name would fail every row with a misleading reason: fail once here
+        problem = "is not valid UTF-8" if _ESCAPED.search(name) else string_problem(name)
+        if problem:
+            raise InputError(f"line 1: CSV header column {field_name(name)} {problem}")
+    csv.field_size_limit(max_line_bytes)  # bounds a quoted field spanning lines
     while True:
-        start = reader.line_num + 1
+        start = lines.line_no + 1
         try:
             row = next(reader)
         except StopIteration:
             return
+        except _LineTooLong as exc:
+            yield _too_long(lines.line_no, exc.args[0], max_line_bytes)
+            continue
         except csv.Error as exc:
             yield Rejected(start, f"invalid CSV: {exc}", "")
             continue
+        except errors as exc:
+            yield _unreadable(lines.line_no, exc)
+            return
         raw = ",".join(row)
         if not any(cell.strip() for cell in row):
             continue
-        if any(_has_surrogates(cell) for cell in row):
-            shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            yield Rejected(start, "not valid UTF-8", shown)
+        escaped = next((m for m in map(_ESCAPED.search, row) if m), None)
+        if escaped:
+            yield Rejected(start, f"not valid UTF-8: byte 0x{ord(escaped.group()) - 0xdc00:02x}", raw)
             continue
         if len(row) != len(header):
             yield Rejected(start, f"expected {len(header)} fields as in the header, got {len(row)}", raw)
@@ -152,72 +275,4 @@ def _read_csv(stream: IO[bytes], max_line_bytes: int) -> Iterator[Record | Rejec
         obj = {k: v for k, v in zip(header, row) if v != "" or k == "text"}
         yield validate(start, obj, raw)
 
-
-def _has_surrogates(s: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in s)
-
-
-def validate(line_no: int, obj: dict[str, Any], raw: str) -> Record | Rejected:
-    """Check one input object; unknown fields are kept as metadata."""
-
-    def reject(reason: str) -> Rejected:
-        return Rejected(line_no, reason, raw)
-
-    if "text" not in obj:
-        return reject("no 'text' field")
-    problem = text_problem(obj["text"])
-    if problem:
-        return reject(problem)
-    text = obj["text"]
-    ext_id = obj.get("id")
-    if ext_id is None or ext_id == "":
-        ext_id = "h:" + sha256(text)[:32]  # content hash: the same text enqueued twice is one review
-    elif isinstance(ext_id, bool) or not isinstance(ext_id, (str, int)):
-        return reject(f"'id' must be a string or an integer, got {_json_type(ext_id)}")
-    ext_id = str(ext_id)
-    if len(ext_id) > 255 or "\x00" in ext_id:
-        return reject("'id' is longer than 255 characters or contains NUL")
-    product_id = obj.get("product_id")
-    if product_id is not None:
-        if isinstance(product_id, bool) or not isinstance(product_id, (str, int)):
-            return reject(f"'product_id' must be a string or an integer, got {_json_type(product_id)}")
-        product_id = str(product_id)[:255]
-    rating = obj.get("rating")
-    if isinstance(rating, bool):
-        return reject("'rating' must be a number, got a boolean")
-    if rating is not None:
-        try:
-            rating = float(rating)
-        except (TypeError, ValueError):
-            return reject(f"'rating' must be a number, got {rating!r:.40}")
-        if rating != rating:  # NaN
-            return reject("'rating' must be a number, got NaN")
-    created_at = obj.get("created_at")
-    if created_at is not None:
-        try:
-            created_at = datetime.fromisoformat(str(created_at).replace("Z", "+00:00"))
-        except ValueError:
-            return reject(f"'created_at' is not an ISO 8601 date-time: {created_at!r:.40}")
-    meta = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
-    try:
-        json.dumps(meta)  # CSV surrogates or odd values must not reach the JSON column
-    except (TypeError, ValueError):
-        return reject("extra fields cannot be stored as JSON")
-    return Record(line_no, ext_id, text, sha256(text), product_id, rating, created_at, meta)
-
-
-def text_problem(text: Any) -> str | None:
-    if not isinstance(text, str):
-        return f"'text' must be a string, got {_json_type(text)}"
-    if not text.strip():
-        return "'text' is empty"
-    if "\x00" in text:
-        return "'text' contains NUL characters"
-    return None
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "an object", list: "an array", bool: "a boolean", int: "a number", float: "a number"}.get(
-        type(value), "null" if value is None else type(value).__name__
-    )
 

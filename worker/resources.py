@@ -8,6 +8,7 @@ so a promotion reaches running workers without a restart.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from . import registry
@@ -36,6 +37,7 @@ class Resources:
         self._loaded: dict[int, SentimentModel | NerModel] = {}  # model_versions.id -> model
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
+        log.info("worker process %d: %d torch threads", os.getpid(), torch.get_num_threads())
 
     def _load(self, version) -> SentimentModel | NerModel:
         if version.id not in self._loaded:
