@@ -306,3 +306,11 @@ def test_bad_data_file_is_one_clear_error(files, env):
     empty.write_text("label\tsentence\n")
     out = CliRunner().invoke(main, ["evaluate", "sentiment", str(empty)], env=env)
     assert out.exit_code == 1 and "no examples" in out.output
+
+
+def test_a_conll_line_without_a_tag_is_named_once(files, env):
+    bad = files["dir"] / "notag.txt"
+    bad.write_text("John B-PER\nloved\n\n")
+    out = CliRunner().invoke(main, ["evaluate", "ner", str(bad)], env=env)
+    assert out.exit_code == 1 and out.output.count(str(bad)) == 1
+    assert f"{bad}:2: expected a token and a BIO tag" in out.output and "Traceback" not in out.output

@@ -69,3 +69,12 @@ def test_a_file_with_no_usable_label_exits_non_zero(migrated_sqlite, tiny_models
     result = CliRunner().invoke(main, ["label", str(path)], env=env)
     assert result.exit_code == 1 and "no label could be used" in result.output
     assert "line 2:" in result.output and "Traceback" not in result.output
+
+
+def test_a_labeling_tool_export_is_named_as_such(migrated_sqlite, tiny_models, tmp_path):
+    env = settings_env(make_settings(migrated_sqlite, tiny_models))
+    path = tmp_path / "project-1-at-2025.json"
+    path.write_text('[\n  {"id": 1, "data": {"text": "Great"}, "annotations": [{"result": []}]}\n]\n')
+    result = CliRunner().invoke(main, ["label", str(path)], env=env)
+    assert result.exit_code == 1 and "is one JSON array (a Label Studio" in result.output
+    assert "Traceback" not in result.output

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import insert
-from .inputs import Rejected, read_json_objects, text_problem
+from .inputs import InputError, Rejected, open_input, read_json_objects, text_problem
 from .nlp.types import NER_TYPES, SENTIMENT_LABELS
 from .schema import Label, RejectedLine, Review, utcnow
 
@@ -88,6 +88,13 @@ def label_key(task: str, text: str, value: Any) -> str:
 
 
 def import_labels(sessions: sessionmaker[Session], stream: IO[bytes], source: str, max_line_bytes: int) -> LabelReport:
+    """Raises InputError for a file that is one JSON array (what labeling tools export) rather than
+    JSON Lines, instead of rejecting its every line as invalid JSON."""
+    stream = open_input(stream)
+    head = stream.peek(256)[:256].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"["):
+        raise InputError(f"{source} is one JSON array (a Label Studio or other labeling tool export?), not JSON "
+                         "Lines: `reviews label` reads one JSON object a line")
     report = LabelReport()
     chunk: list[ParsedLabel] = []
 
