@@ -72,6 +72,9 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
     texts = [r.text for r in rows]
     sentiments = models.sentiment.predict(texts)
     entities = models.ner.predict(texts)
+    if not len(sentiments) == len(entities) == len(ids):  # zip() below would drop reviews, yet mark them done
+        raise RuntimeError(f"the engine returned {len(sentiments)} sentiments and {len(entities)} entity lists "
+                           f"for {len(ids)} reviews")
     with sessions() as session:
         results.write(session, ids, sentiments, entities, models.sentiment_version_id, models.ner_version_id)
         if job_id is not None:
