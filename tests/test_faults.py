@@ -7,6 +7,7 @@ that a batch takes seconds, so that a signal lands while a batch is in hand.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -152,11 +153,12 @@ def test_prefork_children_get_their_share_of_the_cores(migrated_pg, redis_url, t
     cmd = [sys.executable, "-m", "cli.main", "worker", "--pool", "prefork", "-c", "2", "--loglevel", "INFO"]
     worker = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until(lambda: log.read_text().count("worker process") >= 2, 120, "both children to load their models")
+        wait_until(lambda: len(re.findall(r"worker process \d+: \d+ torch threads", log.read_text())) >= 2, 120,
+                   "both children to start")
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(60)
     share = max(1, (os.cpu_count() or 1) // 2)
-    lines = [line for line in log.read_text().splitlines() if "worker process" in line]
-    assert len(lines) >= 2 and all(f": {share} torch threads" in line for line in lines), lines
+    threads = [int(n) for n in re.findall(r"worker process \d+: (\d+) torch threads", log.read_text())]
+    assert len(threads) >= 2 and set(threads) == {share}, threads
     assert f"{share} torch threads per child" in log.read_text()

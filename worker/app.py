@@ -40,6 +40,12 @@ def celery_config(settings: Settings) -> dict:
         task_routes={"reviews.analyze": {"queue": "inference"}, "reviews.retrain": {"queue": "training"},
                      "reviews.scheduled_retrain": {"queue": "training"}},
         worker_hijack_root_logger=False,
+        # A prefork child loads its models as it starts (tasks.WorkerContext.warm_up_quietly): seconds,
+        # with int8 kernels to compile, where Celery gives a child 4 s before it counts it as failed.
+        worker_proc_alive_timeout=600,
+        # Task events, sent ones included, so that Flower and `celery events` see queued and running work.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         beat_schedule={
             "retrain": {
                 "task": "reviews.scheduled_retrain",
