@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
@@ -89,7 +90,14 @@ def worker(ctx: Context, queues: str, pool: str, concurrency: int, loglevel: str
 
 @click.command()
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--schedule", "-s", type=click.Path(dir_okay=False),
+              help="Where beat keeps its state [default: $REVIEWS_HOME/celerybeat-schedule]; the directory "
+                   "must be writable (not the working directory of a read-only image).")
 @pass_ctx
-def beat(ctx: Context, loglevel: str) -> None:
+def beat(ctx: Context, loglevel: str, schedule: str | None) -> None:
     """Run the Celery beat scheduler (scheduled retraining). Run exactly one per deployment."""
-    ctx.app().start(["beat", "--loglevel", loglevel])
+    from worker.config import home_dir
+
+    path = Path(schedule) if schedule else home_dir() / "celerybeat-schedule"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ctx.app().start(["beat", "--loglevel", loglevel, "--schedule", str(path)])

@@ -89,3 +89,24 @@ def test_reviews_run_gives_the_worker_guarantees(sqlite_url, tiny_models, tmp_pa
     assert "bad: RuntimeError: engine failed on this input" in status.output
     exported = CliRunner().invoke(main, ["export", "--job", "1", "--no-text"], env=env).output.splitlines()
     assert len(exported) == 20  # every good review has its results
+
+
+def test_entities_under_the_minimum_score_are_not_stored(tmp_path, tiny_models):
+    from worker import migrate
+    from worker.schema import EntityRow
+
+    texts = [{"id": f"e{i}", "text": f"John Smith met Mary Jones in Paris and Berlin, story {i}"} for i in range(12)]
+    path = write_jsonl(tmp_path / "r.jsonl", texts)
+    scores = {}
+    for floor in (0.0, 0.13):
+        url = f"sqlite:///{tmp_path / f'floor{floor}.db'}"
+        migrate.upgrade(url)
+        settings = make_settings(url, tiny_models, model_dir=str(tmp_path / "versions"))
+        env = settings_env(settings) | {"REVIEWS_MIN_ENTITY_SCORE": str(floor)}
+        assert CliRunner().invoke(main, ["run", str(path)], env=env).exit_code == 0
+        resources = Resources(settings)
+        with resources.sessions() as s:
+            scores[floor] = sorted(s.scalars(select(EntityRow.score)))
+    assert scores[0.0], "the tiny model found no entities at all: the test needs some"
+    assert any(x < 0.13 for x in scores[0.0]) and any(x >= 0.13 for x in scores[0.0])  # the floor cuts
+    assert scores[0.13] == [x for x in scores[0.0] if x >= 0.13]

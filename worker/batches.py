@@ -72,6 +72,9 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
     texts = [r.text for r in rows]
     sentiments = models.sentiment.predict(texts)
     entities = models.ner.predict(texts)
+    floor = resources.settings.min_entity_score
+    if floor > 0:  # below the floor an entity is noise to every reader of the database: not stored
+        entities = [[e for e in ents if e.score >= floor] for ents in entities]
     if not len(sentiments) == len(entities) == len(ids):  # zip() below would drop reviews, yet mark them done
         raise RuntimeError(f"the engine returned {len(sentiments)} sentiments and {len(entities)} entity lists "
                            f"for {len(ids)} reviews")

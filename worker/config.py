@@ -23,7 +23,8 @@ class SettingsError(ValueError):
     """A setting outside what it accepts; the message is one line naming the variable."""
 
 
-def _default_data_dir() -> Path:
+def home_dir() -> Path:
+    """REVIEWS_HOME: the default SQLite file, model versions, the beat schedule, caches."""
     return Path(os.environ.get("REVIEWS_HOME", Path.home() / ".local" / "share" / "reviews"))
 
 
@@ -46,6 +47,9 @@ LIMITS: dict[str, tuple] = {
     "ingest_lease": (5, 24 * 3600),
     "retrain_min_labels": (0, 100_000_000),
     "promote_tolerance": (0.0, 1.0),
+    "min_entity_score": (0.0, 1.0),
+    "metrics_port": (0, 65535),
+    "log_format": ("text", "json"),
 }
 
 
@@ -74,9 +78,12 @@ class Settings:
     retrain_schedule: str = "0 3 * * *"  # cron: minute hour day month weekday
     retrain_min_labels: int = 200
     promote_tolerance: float = 0.005
+    min_entity_score: float = 0.0  # entities the NER model scores below this are not stored
+    metrics_port: int = 0  # Prometheus metrics of `reviews worker` on this port; 0: off
+    log_format: str = "text"  # text | json (one object a line, with job and batch ids)
 
     def __post_init__(self) -> None:
-        data_dir = _default_data_dir()
+        data_dir = home_dir()
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'reviews.db'}")
         if not self.model_dir:
