@@ -180,7 +180,7 @@ def read_json_objects(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[
             except BadNumber:
                 obj, suspect = _MARKING.decode(line), True
         except json.JSONDecodeError as exc:
-            yield Rejected(line_no, f"invalid JSON: {exc.msg} at column {exc.colno}", line)
+            yield Rejected(line_no, f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}", line)
             continue
         except RecursionError:  # the C parser recurses per level and stops near 1,000
             yield Rejected(line_no, f"JSON is nested too deeply (more than {MAX_DEPTH} levels)", line)
