@@ -268,7 +268,10 @@ def write_statements(sessions, ids, sentiments, entities) -> dict:
     """Write one batch's results the way a worker does, counting the SQL statements it sends."""
     from sqlalchemy import event, select
 
+    from datetime import date
+
     from worker import results
+    from worker.rollups import ReviewFacts
     from worker.schema import ModelVersion
 
     statements: list[str] = []
@@ -282,7 +285,8 @@ def write_statements(sessions, ids, sentiments, entities) -> dict:
         event.listen(engine, "before_cursor_execute", count)
         try:
             started = time.perf_counter()
-            results.write(s, ids, sentiments, entities, versions["sentiment"], versions["ner"])
+            facts = [ReviewFacts(i, date(2025, 1, 1), "") for i in ids]  # the rollups' day and product
+            results.write(s, facts, sentiments, entities, versions["sentiment"], versions["ner"])
             s.commit()
             seconds = time.perf_counter() - started
         finally:

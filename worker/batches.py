@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from . import jobs, results
 from .nlp.types import ModelLoadError
+from .rollups import ReviewFacts, utc_day
 from .schema import Review
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,13 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
     sessions = resources.sessions
     models = resources.models()
     with sessions() as session:
-        rows = session.execute(select(Review.id, Review.text).where(Review.id.in_(review_ids))).all()
+        rows = session.execute(select(Review.id, Review.text, Review.created_at, Review.ingested_at, Review.product_id)
+                               .where(Review.id.in_(review_ids))).all()
     if not rows:
         return 0
     ids = [r.id for r in rows]
     texts = [r.text for r in rows]
+    facts = [ReviewFacts(r.id, utc_day(r.created_at, r.ingested_at), r.product_id or "") for r in rows]
     sentiments = models.sentiment.predict(texts)
     entities = models.ner.predict(texts)
     floor = resources.settings.min_entity_score
@@ -79,7 +82,7 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
         raise RuntimeError(f"the engine returned {len(sentiments)} sentiments and {len(entities)} entity lists "
                            f"for {len(ids)} reviews")
     with sessions() as session:
-        results.write(session, ids, sentiments, entities, models.sentiment_version_id, models.ner_version_id)
+        results.write(session, facts, sentiments, entities, models.sentiment_version_id, models.ner_version_id)
         if job_id is not None:
             jobs.mark_reviews(session, job_id, ids, jobs.DONE)
         session.commit()

@@ -10,8 +10,10 @@ from typing import Iterator, Sequence
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from . import rollups
 from .db import insert
 from .nlp.types import Entity, Sentiment
+from .rollups import ReviewFacts
 from .schema import EntityRow, JobReview, ModelVersion, NerResult, Review, SentimentResult, utcnow
 
 PAGE = 1000
@@ -19,12 +21,15 @@ COLUMNS = ["id", "product_id", "rating", "sentiment", "probability", "score", "s
            "entities", "ner_model_version", "text"]
 
 
-def write(session: Session, ids: Sequence[int], sentiments: Sequence[Sentiment], entities: Sequence[list[Entity]],
-          sentiment_version_id: int, ner_version_id: int) -> None:
+def write(session: Session, reviews: Sequence[ReviewFacts], sentiments: Sequence[Sentiment],
+          entities: Sequence[list[Entity]], sentiment_version_id: int, ner_version_id: int) -> None:
     """A few statements per table for the whole batch: executemany, which SQLAlchemy sends as
     multi-row INSERTs (its "insertmanyvalues" mode), with the statement compiled once. Every write
-    is an upsert keyed on (review, model version): a redelivered batch changes nothing."""
+    is an upsert keyed on (review, model version): a redelivered batch changes nothing. The dashboard
+    rollups move with the results, in the same transaction."""
     now = utcnow()
+    ids = [r.id for r in reviews]
+    rollups.update(session, reviews, sentiments, entities, sentiment_version_id, ner_version_id)
     stmt = insert(session, SentimentResult)
     session.execute(
         stmt.on_conflict_do_update(
@@ -39,16 +44,17 @@ def write(session: Session, ids: Sequence[int], sentiments: Sequence[Sentiment],
     session.execute(
         stmt.on_conflict_do_update(
             index_elements=["review_id", "model_version_id"],
-            set_=dict(entity_count=stmt.excluded.entity_count, created_at=stmt.excluded.created_at),
+            set_=dict(entity_count=stmt.excluded.entity_count, sentiment_version_id=stmt.excluded.sentiment_version_id,
+                      created_at=stmt.excluded.created_at),
         ),
-        [dict(review_id=i, model_version_id=ner_version_id, entity_count=len(es), created_at=now)
-         for i, es in zip(ids, entities)],
+        [dict(review_id=i, model_version_id=ner_version_id, entity_count=len(es),
+              sentiment_version_id=sentiment_version_id, created_at=now) for i, es in zip(ids, entities)],
     )
     # A redelivered batch replaces the entities it wrote before: delete, then insert.
     session.execute(delete(EntityRow).where(EntityRow.review_id.in_(ids), EntityRow.model_version_id == ner_version_id))
     entity_rows = [
-        dict(review_id=i, model_version_id=ner_version_id, label=e.label, text=e.text, start_char=e.start,
-             end_char=e.end, score=e.score)
+        dict(review_id=i, model_version_id=ner_version_id, label=e.label, text=e.text,
+             entity_key=rollups.entity_key(e.text), start_char=e.start, end_char=e.end, score=e.score)
         for i, es in zip(ids, entities) for e in es
     ]
     if entity_rows:

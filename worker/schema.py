@@ -6,7 +6,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from datetime import date
+
+from sqlalchemy import (JSON, BigInteger, Date, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -16,6 +20,8 @@ def utcnow() -> datetime:
 
 # BIGINT on PostgreSQL, INTEGER on SQLite (where only INTEGER PRIMARY KEY auto-increments).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Input metadata: JSONB on PostgreSQL, so that dashboards can index and query into it.
+Metadata = JSON().with_variant(JSONB(), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -49,8 +55,8 @@ class Review(Base):
     text_sha256: Mapped[str] = mapped_column(String(64))
     product_id: Mapped[Optional[str]] = mapped_column(String(255), index=True)
     rating: Mapped[Optional[float]] = mapped_column(Float)
-    created_at: Mapped[Optional[datetime]]  # when the review was written, from the input
-    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)  # unknown input fields
+    created_at: Mapped[Optional[datetime]] = mapped_column(index=True)  # when it was written (input), UTC
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", Metadata, default=dict)  # unknown input fields
     ingested_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -102,6 +108,8 @@ class NerResult(Base):
     review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id", ondelete="CASCADE"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     entity_count: Mapped[int] = mapped_column(Integer)
+    # The sentiment version of the same analysis: its entities were counted with that sentiment in entity_daily.
+    sentiment_version_id: Mapped[Optional[int]] = mapped_column(ForeignKey("model_versions.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (UniqueConstraint("review_id", "model_version_id"),)
 
@@ -113,13 +121,48 @@ class EntityRow(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     label: Mapped[str] = mapped_column(String(10))  # PER | ORG | LOC | MISC
     text: Mapped[str] = mapped_column(Text)  # reviews.text[start_char:end_char]
+    entity_key: Mapped[str] = mapped_column(Text)  # the mention normalized (results.entity_key): what dashboards count
     start_char: Mapped[int] = mapped_column(Integer)
     end_char: Mapped[int] = mapped_column(Integer)
     score: Mapped[float] = mapped_column(Float)
     __table_args__ = (
         UniqueConstraint("review_id", "model_version_id", "start_char", "end_char", "label"),
         Index("ix_entities_label_text", "label", "text"),
+        Index("ix_entities_key", "label", "entity_key", "model_version_id"),
     )
+
+
+# Rollups for dashboards, kept current in the transaction that writes results (worker/results.py), so
+# that a dashboard never scans the results tables. `day` is UTC: the review's created_at, else the day
+# it was ingested. Every row names its model version(s): a promotion never silently shifts a trend.
+
+
+class SentimentDaily(Base):
+    __tablename__ = "sentiment_daily"
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(255), primary_key=True)  # '' for reviews without one
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    reviews: Mapped[int] = mapped_column(Integer)
+    positive: Mapped[int] = mapped_column(Integer)
+    negative: Mapped[int] = mapped_column(Integer)
+    score_sum: Mapped[float] = mapped_column(Float)  # sum of P(positive) - P(negative)
+    __table_args__ = (Index("ix_sentiment_daily_version_day", "model_version_id", "day"),)
+
+
+class EntityDaily(Base):
+    __tablename__ = "entity_daily"
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    label: Mapped[str] = mapped_column(String(10), primary_key=True)
+    entity_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)  # NER
+    sentiment_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    mentions: Mapped[int] = mapped_column(Integer)
+    reviews: Mapped[int] = mapped_column(Integer)  # reviews that mention it
+    positive: Mapped[int] = mapped_column(Integer)  # of those reviews, by the sentiment of the same analysis
+    negative: Mapped[int] = mapped_column(Integer)
+    score_sum: Mapped[float] = mapped_column(Float)  # their sentiment scores, summed
+    entity_score_sum: Mapped[float] = mapped_column(Float)  # the NER confidence of the mentions, summed
+    __table_args__ = (Index("ix_entity_daily_version_day", "model_version_id", "day"),)
 
 
 class Label(Base):

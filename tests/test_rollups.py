@@ -1,0 +1,158 @@
+"""Dashboard rollups: equal to SQL over the results, whatever redelivery, reprocess, promotion or the
+session's time zone; and filled by the migration on a database that already holds results."""
+
+import io
+import json
+
+import pytest
+from sqlalchemy import text
+
+from conftest import make_settings
+from worker import batches, ingest, jobs, migrate, registry
+from worker.db import get_engine
+from worker.resources import Resources
+from worker.rollups import entity_key
+
+ROWS = [
+    {"id": "a1", "text": "John Smith loved Paris. John Smith's film was great.", "product_id": "p1",
+     "created_at": "2025-01-01T23:30:00-05:00"},  # 2025-01-02 in UTC
+    {"id": "a2", "text": "Mary Jones hated Berlin and the Sony phone.", "product_id": "p1",
+     "created_at": "2025-01-01T10:00:00Z"},
+    {"id": "a3", "text": "A dull film about Paris.", "product_id": "p2"},  # no created_at: its ingest day
+    {"id": "a4", "text": "The film by Orson Welles in Rome was superb.", "created_at": "2025-01-03T00:00:00+02:00"},
+] + [{"id": f"b{i}", "text": f"John Smith met Mary Jones in Paris, story {i}", "product_id": f"p{i % 3}",
+      "created_at": f"2025-01-0{1 + i % 4}T12:00:00Z"} for i in range(12)]
+
+
+def _day(dialect: str) -> str:
+    # Written independently of worker/rollups.py: the database's own UTC date of the review.
+    if dialect == "postgresql":
+        return "(COALESCE(r.created_at, r.ingested_at) AT TIME ZONE 'UTC')::date"
+    return "date(COALESCE(r.created_at, r.ingested_at))"
+
+
+def _expected_sentiment(conn) -> set:
+    sql = f"""SELECT {_day(conn.dialect.name)} AS day, COALESCE(r.product_id, '') AS product, s.model_version_id,
+                     COUNT(*), SUM(CASE WHEN s.label = 'positive' THEN 1 ELSE 0 END),
+                     SUM(CASE WHEN s.label = 'negative' THEN 1 ELSE 0 END), ROUND(CAST(SUM(s.score) AS NUMERIC), 6)
+              FROM sentiment_results s JOIN reviews r ON r.id = s.review_id
+              GROUP BY 1, 2, 3"""
+    return {(str(d), p, v, n, pos, neg, float(sc)) for d, p, v, n, pos, neg, sc in conn.execute(text(sql))}
+
+
+def _rollup_sentiment(conn) -> set:
+    sql = """SELECT day, product_id, model_version_id, reviews, positive, negative,
+                    ROUND(CAST(score_sum AS NUMERIC), 6) FROM sentiment_daily WHERE reviews <> 0"""
+    return {(str(d), p, v, n, pos, neg, float(sc)) for d, p, v, n, pos, neg, sc in conn.execute(text(sql))}
+
+
+def _expected_entities(conn) -> dict:
+    sql = f"""SELECT {_day(conn.dialect.name)}, e.label, e.text, e.model_version_id, n.sentiment_version_id,
+                     e.review_id, s.label
+              FROM entities e JOIN reviews r ON r.id = e.review_id
+              JOIN ner_results n ON n.review_id = e.review_id AND n.model_version_id = e.model_version_id
+              JOIN sentiment_results s ON s.review_id = e.review_id AND s.model_version_id = n.sentiment_version_id"""
+    out: dict = {}
+    for day, label, surface, nv, sv, rid, sentiment in conn.execute(text(sql)):
+        key = (str(day), label, entity_key(surface), nv, sv)
+        mentions, reviews, pos = out.get(key, (0, set(), set()))
+        out[key] = (mentions + 1, reviews | {rid}, pos | ({rid} if sentiment == "positive" else set()))
+    return {k: (m, len(r), len(p)) for k, (m, r, p) in out.items()}
+
+
+def _rollup_entities(conn) -> dict:
+    sql = """SELECT day, label, entity_key, model_version_id, sentiment_version_id, mentions, reviews, positive
+             FROM entity_daily WHERE mentions <> 0"""
+    return {(str(d), lb, k, nv, sv): (m, n, p) for d, lb, k, nv, sv, m, n, p in conn.execute(text(sql))}
+
+
+def _check(url: str) -> None:
+    with get_engine(url).connect() as conn:
+        assert _rollup_sentiment(conn) == _expected_sentiment(conn)
+        assert _rollup_entities(conn) == _expected_entities(conn)
+
+
+def _run(resources, rows) -> int:
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    report = ingest.ingest(resources.sessions, io.BytesIO(data), "r.jsonl", resources.settings,
+                           lambda job, ids: batches.run_to_end(resources, job, ids))
+    return report.job_id
+
+
+def _reprocess(resources) -> None:
+    job = jobs.create_reprocess(resources.sessions)
+    batches.run_to_end(resources, job, jobs.pending_ids(resources.sessions, job))
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_rollups_follow_the_results_through_redelivery_promotion_and_rollback(db, request, tiny_models, tmp_path):
+    url = request.getfixturevalue("migrated_sqlite" if db == "sqlite" else "migrated_pg")
+    resources = Resources(make_settings(url, tiny_models, batch_size=5, model_dir=str(tmp_path / "v")))
+    job = _run(resources, ROWS)
+    _check(url)
+    with get_engine(url).connect() as conn:
+        assert conn.execute(text("SELECT SUM(reviews) FROM sentiment_daily")).scalar() == len(ROWS)
+        days = {str(d) for (d,) in conn.execute(text(
+            "SELECT s.day FROM sentiment_daily s WHERE s.product_id = 'p1'"))}
+        assert "2025-01-02" in days  # 23:30 at -05:00 is the next day in UTC
+    ids = jobs.pending_ids(resources.sessions, job) or [i for i in range(1, len(ROWS) + 1)]
+    batches.run_to_end(resources, job, ids[:7])  # a redelivered batch: nothing changes
+    _check(url)
+    with resources.sessions() as s:
+        for task in ("sentiment", "ner"):
+            active = registry.active_versions(s, resources.settings)[task]
+            registry.register(s, task, active.source, "candidate", parent_id=active.id)
+            registry.promote(s, task, 2)
+        s.commit()
+    _reprocess(resources)  # version 2 counts the same reviews again, apart from version 1
+    _check(url)
+    with resources.sessions() as s:
+        registry.rollback(s, "sentiment")
+        s.commit()
+    _reprocess(resources)  # sentiment v1 with NER v2: the entities move to the new pairing
+    _check(url)
+    with get_engine(url).connect() as conn:
+        per_version = dict(conn.execute(text(
+            "SELECT model_version_id, SUM(reviews) FROM sentiment_daily GROUP BY model_version_id")).all())
+    assert sorted(per_version.values()) == [len(ROWS), len(ROWS)]
+
+
+@pytest.mark.postgres
+def test_days_do_not_move_with_the_session_time_zone(pg_url, tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("PGTZ", "America/Los_Angeles")  # libpq: every new connection's session time zone
+    get_engine.cache_clear()
+    try:
+        migrate.upgrade(pg_url)
+        resources = Resources(make_settings(pg_url, tiny_models, model_dir=str(tmp_path / "v")))
+        _run(resources, ROWS[:4])
+        with get_engine(pg_url).connect() as conn:
+            assert conn.execute(text("SHOW TIME ZONE")).scalar() == "America/Los_Angeles"
+            days = sorted(str(d) for (d,) in conn.execute(text("SELECT day FROM sentiment_daily WHERE product_id='p1'")))
+        assert days == ["2025-01-01", "2025-01-02"]  # the UTC days, not Los Angeles'
+    finally:
+        get_engine.cache_clear()
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_migration_fills_rollups_on_a_database_with_results(db, request, tiny_models, tmp_path):
+    url = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")
+    migrate.upgrade(url)
+    resources = Resources(make_settings(url, tiny_models, model_dir=str(tmp_path / "v")))
+    _run(resources, ROWS)
+    with get_engine(url).begin() as conn:  # what a database made before 0004 holds: no rollups, no keys
+        before = _expected_sentiment(conn)
+        conn.execute(text("DELETE FROM sentiment_daily"))
+        conn.execute(text("DELETE FROM entity_daily"))
+    migrate.downgrade(url, "0003")
+    migrate.upgrade(url)
+    with get_engine(url).connect() as conn:
+        assert _rollup_sentiment(conn) == before
+        keys = {k for (k,) in conn.execute(text("SELECT entity_key FROM entities"))}
+    assert keys and all(k == k.lower() for k in keys)
+    _check(url)
+
+
+def test_entity_keys_ignore_case_spacing_and_possessives():
+    assert entity_key("John  Smith's") == entity_key("john smith") == "john smith"
+    assert entity_key("Welles\u2019s") == "welles" and entity_key("Paris") == "paris"
+    assert entity_key("Jones'") == "jones" and entity_key("'s") == "'s"

@@ -1,0 +1,130 @@
+"""Dashboard rollups (`sentiment_daily`, `entity_daily`), kept current in the transaction that writes
+results, so that a dashboard reads a few rows per day instead of scanning the results tables.
+
+A batch changes the rollups by deltas: what its reviews contributed before under the same model
+versions (a redelivered batch, a reprocess) is taken out, and what they contribute now is put in. A
+redelivered batch therefore changes nothing, and a review analysed again by a new version counts once
+per version. The days are UTC: the review's `created_at`, else the day it was ingested.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .db import insert
+from .nlp.types import Entity, Sentiment
+from .schema import EntityDaily, EntityRow, NerResult, SentimentDaily, SentimentResult
+
+
+@dataclass(frozen=True)
+class ReviewFacts:
+    """What the rollups need of a review besides its results."""
+
+    id: int
+    day: date
+    product_id: str  # '' when the review has none
+
+
+def utc_day(created_at: datetime | None, ingested_at: datetime) -> date:
+    moment = created_at or ingested_at
+    if moment.tzinfo is not None:  # PostgreSQL returns aware times; SQLite stores UTC wall times
+        moment = moment.astimezone(timezone.utc)
+    return moment.date()
+
+
+def entity_key(text: str) -> str:
+    """What counts as the same entity: case, runs of whitespace and a possessive ('s, ’s) ignored."""
+    key = " ".join(text.split()).lower()
+    if key.endswith(("'s", "\u2019s")):
+        key = key[:-2]
+    return key.rstrip("'\u2019 ") or " ".join(text.split()).lower()
+
+
+def update(session: Session, reviews: Sequence[ReviewFacts], sentiments: Sequence[Sentiment],
+           entities: Sequence[list[Entity]], sentiment_version_id: int, ner_version_id: int) -> None:
+    """Apply one batch's deltas. Call before the batch's results replace the old ones (it reads them)."""
+    ids = [r.id for r in reviews]
+    by_id = {r.id: r for r in reviews}
+    sent: dict[tuple, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0])  # reviews, positive, negative, score_sum
+    ents: dict[tuple, list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0.0, 0.0])
+
+    def add_sentiment(r: ReviewFacts, label: str, score: float, sign: int) -> None:
+        row = sent[(r.day, r.product_id, sentiment_version_id)]
+        row[0] += sign
+        row[1] += sign * (label == "positive")
+        row[2] += sign * (label == "negative")
+        row[3] += sign * score
+
+    def add_entities(r: ReviewFacts, found: list[tuple[str, str, float]], label: str, score: float, pair: int,
+                     sign: int) -> None:
+        seen: set[tuple] = set()
+        for kind, key, confidence in found:
+            k = (r.day, kind, key, ner_version_id, pair)
+            row = ents[k]
+            row[0] += sign  # mentions
+            row[5] += sign * confidence
+            if k not in seen:  # a review mentioning an entity twice is one review
+                seen.add(k)
+                row[1] += sign
+                row[2] += sign * (label == "positive")
+                row[3] += sign * (label == "negative")
+                row[4] += sign * score
+
+    old_sentiment = {
+        rid: (label, score) for rid, label, score in session.execute(
+            select(SentimentResult.review_id, SentimentResult.label, SentimentResult.score)
+            .where(SentimentResult.review_id.in_(ids), SentimentResult.model_version_id == sentiment_version_id))
+    }
+    for rid, (label, score) in old_sentiment.items():
+        add_sentiment(by_id[rid], label, score, -1)
+    for r, s in zip(reviews, sentiments):
+        add_sentiment(r, s.label, s.score, +1)
+
+    old_pairs = dict(session.execute(
+        select(NerResult.review_id, NerResult.sentiment_version_id)
+        .where(NerResult.review_id.in_(ids), NerResult.model_version_id == ner_version_id)
+    ).all())
+    if old_pairs:
+        old_found: dict[int, list] = defaultdict(list)
+        for rid, kind, key, confidence in session.execute(
+            select(EntityRow.review_id, EntityRow.label, EntityRow.entity_key, EntityRow.score)
+            .where(EntityRow.review_id.in_(list(old_pairs)), EntityRow.model_version_id == ner_version_id)
+        ):
+            old_found[rid].append((kind, key, confidence))
+        paired = {(rid, pair) for rid, pair in old_pairs.items() if pair is not None}
+        old_paired_sentiment = {
+            (rid, version): (label, score) for rid, version, label, score in session.execute(
+                select(SentimentResult.review_id, SentimentResult.model_version_id, SentimentResult.label,
+                       SentimentResult.score)
+                .where(SentimentResult.review_id.in_([rid for rid, _ in paired])))
+            if (rid, version) in paired
+        }
+        for rid, pair in old_pairs.items():
+            if (rid, pair) in old_paired_sentiment and old_found.get(rid):
+                label, score = old_paired_sentiment[(rid, pair)]
+                add_entities(by_id[rid], old_found[rid], label, score, pair, -1)
+    for r, s, es in zip(reviews, sentiments, entities):
+        found = [(e.label, entity_key(e.text), e.score) for e in es]
+        add_entities(r, found, s.label, s.score, sentiment_version_id, +1)
+
+    _apply(session, SentimentDaily, ["day", "product_id", "model_version_id"],
+           ["reviews", "positive", "negative", "score_sum"], sent)
+    _apply(session, EntityDaily, ["day", "label", "entity_key", "model_version_id", "sentiment_version_id"],
+           ["mentions", "reviews", "positive", "negative", "score_sum", "entity_score_sum"], ents)
+
+
+def _apply(session: Session, table, keys: list[str], values: list[str], deltas: dict[tuple, list]) -> None:
+    # Sorted: concurrent workers then lock rollup rows in the same order and cannot deadlock each other.
+    rows = [dict(zip(keys, k)) | dict(zip(values, v)) for k, v in sorted(deltas.items()) if any(v)]
+    if not rows:
+        return
+    stmt = insert(session, table)
+    columns = table.__table__.c
+    session.execute(stmt.on_conflict_do_update(index_elements=keys,
+                                               set_={v: columns[v] + stmt.excluded[v] for v in values}), rows)
