@@ -128,7 +128,10 @@ def test_days_do_not_move_with_the_session_time_zone(pg_url, tiny_models, tmp_pa
         with get_engine(pg_url).connect() as conn:
             assert conn.execute(text("SHOW TIME ZONE")).scalar() == "America/Los_Angeles"
             days = sorted(str(d) for (d,) in conn.execute(text("SELECT day FROM sentiment_daily WHERE product_id='p1'")))
+            view = sorted((str(d), v) for d, v in conn.execute(text(
+                "SELECT day, model_version FROM sentiment_by_product_day WHERE product_id = 'p1'")))
         assert days == ["2025-01-01", "2025-01-02"]  # the UTC days, not Los Angeles'
+        assert view == [("2025-01-01", 1), ("2025-01-02", 1)]  # the view too, with the model version
     finally:
         get_engine.cache_clear()
 

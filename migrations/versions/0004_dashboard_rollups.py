@@ -76,11 +76,39 @@ def upgrade() -> None:
     _create_views()
 
 
-def _create_views() -> None:
+def _create_views(previous: bool = False) -> None:
     views = _views()
-    op.execute(views.LATEST_SENTIMENT)
-    op.execute(views.SENTIMENT_BY_PRODUCT_DAY)
+    if previous:
+        op.execute(views.LATEST_SENTIMENT)
+        op.execute(views.SENTIMENT_BY_PRODUCT_DAY)
+    else:
+        op.execute(LATEST_SENTIMENT)
+        op.execute(SENTIMENT_BY_PRODUCT_DAY.format(day=_utc_day(op.get_bind().dialect.name)))
     op.execute(views.ENTITY_MENTIONS)
+
+
+# The views as of 0004: the review's ingest time beside its created_at, and the day of a review bucketed
+# explicitly in UTC (PostgreSQL's date() of a timestamptz follows the session's time zone), by the
+# review's created_at, else its ingest day, never the day it was analysed; the model version in the key.
+LATEST_SENTIMENT = _views().LATEST_SENTIMENT.replace(
+    "r.created_at AS review_created_at,", "r.created_at AS review_created_at, r.ingested_at AS review_ingested_at,")
+
+SENTIMENT_BY_PRODUCT_DAY = """
+CREATE VIEW sentiment_by_product_day AS
+SELECT product_id, {day} AS day, model_version,
+       COUNT(*) AS reviews,
+       SUM(CASE WHEN label = 'positive' THEN 1 ELSE 0 END) AS positive,
+       SUM(CASE WHEN label = 'negative' THEN 1 ELSE 0 END) AS negative,
+       AVG(score) AS mean_score
+FROM latest_sentiment
+GROUP BY product_id, {day}, model_version
+"""
+
+
+def _utc_day(dialect: str) -> str:
+    if dialect == "postgresql":
+        return "(COALESCE(review_created_at, review_ingested_at) AT TIME ZONE 'UTC')::date"
+    return "date(COALESCE(review_created_at, review_ingested_at))"
 
 
 def _backfill(bind) -> None:
@@ -168,4 +196,4 @@ def downgrade() -> None:
         batch.drop_column("sentiment_version_id")
     with op.batch_alter_table("entities") as batch:
         batch.drop_column("entity_key")
-    _create_views()
+    _create_views(previous=True)
