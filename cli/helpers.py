@@ -95,7 +95,8 @@ def print_progress(p, as_json: bool = False) -> None:
     if as_json:
         click.echo(json.dumps(p.as_dict()))
         return
-    line = (f"job {p.job_id} [{p.status}] {p.source}: {p.done}/{p.total} done, {p.failed} failed, "
+    skipped = f", {p.skipped} skipped" if p.skipped else ""
+    line = (f"job {p.job_id} [{p.status}] {p.source}: {p.done}/{p.total} done, {p.failed} failed{skipped}, "
             f"{p.pending} pending, {p.rejected} lines rejected")
     click.echo(line + (f" ({p.error})" if p.error else ""))
 

@@ -16,9 +16,10 @@ from .helpers import Context, atomic_output, clear_errors, pass_ctx, print_progr
 @click.argument("job_id", type=int)
 @click.option("--rejected", is_flag=True, help="List the rejected input lines.")
 @click.option("--failed", is_flag=True, help="List reviews that failed, with the reason.")
+@click.option("--skipped", is_flag=True, help="List reviews left out on purpose (their language), with the reason.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 @pass_ctx
-def status(ctx: Context, job_id: int, rejected: bool, failed: bool, as_json: bool) -> None:
+def status(ctx: Context, job_id: int, rejected: bool, failed: bool, skipped: bool, as_json: bool) -> None:
     """Progress, counts and failures of one job."""
     from worker import jobs
 
@@ -27,18 +28,21 @@ def status(ctx: Context, job_id: int, rejected: bool, failed: bool, as_json: boo
             p = jobs.progress(s, job_id)
             lines = [(r.line_no, r.reason) for r in jobs.rejected_lines(s, job_id)] if rejected else []
             failures = jobs.failed_reviews(s, job_id) if failed else []
+            left_out = jobs.failed_reviews(s, job_id, jobs.SKIPPED) if skipped else []
     if as_json:
         out = p.as_dict()
         if rejected:
             out["rejected_lines"] = [{"line": n, "reason": reason} for n, reason in lines]
         if failed:
             out["failed_reviews"] = [{"id": ext, "reason": error} for ext, error in failures]
+        if skipped:
+            out["skipped_reviews"] = [{"id": ext, "reason": error} for ext, error in left_out]
         click.echo(json.dumps(out))
         return
     print_progress(p)
     for line_no, reason in lines:
         click.echo(f"  line {line_no}: {reason}")
-    for ext, error in failures:
+    for ext, error in failures + left_out:
         click.echo(f"  {ext}: {error}")
 
 

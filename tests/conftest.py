@@ -50,8 +50,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 def make_settings(database_url: str, tiny_models: dict[str, Path], **extra) -> Settings:
+    # languages="all": random test texts are no language at all; tests of the guard set it themselves.
     values = dict(database_url=database_url, broker_url=REDIS_URL, sentiment_model=str(tiny_models["sentiment"]),
-                  ner_model=str(tiny_models["ner"]), max_length=64, window_stride=16, batch_size=16)
+                  ner_model=str(tiny_models["ner"]), max_length=64, window_stride=16, batch_size=16, languages="all")
     return Settings(**(values | extra))
 
 
@@ -66,6 +67,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "REVIEWS_WINDOW_STRIDE": str(settings.window_stride),
         "REVIEWS_BATCH_SIZE": str(settings.batch_size),
         "REVIEWS_MODEL_DIR": settings.model_dir,
+        "REVIEWS_LANGUAGES": settings.languages,
     }
 
 

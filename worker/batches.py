@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from . import jobs, results
+from . import jobs, language, results
 from .nlp.types import ModelLoadError
 from .rollups import ReviewFacts, utc_day
 from .schema import Review
@@ -73,6 +73,12 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
     ids = [r.id for r in rows]
     texts = [r.text for r in rows]
     facts = [ReviewFacts(r.id, utc_day(r.created_at, r.ingested_at), r.product_id or "") for r in rows]
+    detected = language.detect(texts)
+    allowed = language.allowed(resources.settings.languages)
+    skipped = {i: reason for i, lang in zip(ids, detected) if (reason := language.skip_reason(lang, allowed))}
+    if skipped:
+        keep = [k for k, rid in enumerate(ids) if rid not in skipped]
+        ids, texts, facts = [ids[k] for k in keep], [texts[k] for k in keep], [facts[k] for k in keep]
     sentiments = models.sentiment.predict(texts)
     entities = models.ner.predict(texts)
     floor = resources.settings.min_entity_score
@@ -82,9 +88,13 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
         raise RuntimeError(f"the engine returned {len(sentiments)} sentiments and {len(entities)} entity lists "
                            f"for {len(ids)} reviews")
     with sessions() as session:
-        results.write(session, facts, sentiments, entities, models.sentiment_version_id, models.ner_version_id)
+        session.execute(update(Review), [{"id": r.id, "language": lang} for r, lang in zip(rows, detected)])
+        if ids:
+            results.write(session, facts, sentiments, entities, models.sentiment_version_id, models.ner_version_id)
         if job_id is not None:
             jobs.mark_reviews(session, job_id, ids, jobs.DONE)
+            for reason in set(skipped.values()):
+                jobs.mark_reviews(session, job_id, [i for i, r in skipped.items() if r == reason], jobs.SKIPPED, reason)
         session.commit()
         if job_id is not None:
             jobs.finish_if_complete(session, job_id)

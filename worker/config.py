@@ -8,6 +8,7 @@ A bad value stops any command with one line that names the variable and what it 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -81,6 +82,7 @@ class Settings:
     min_entity_score: float = 0.0  # entities the NER model scores below this are not stored
     metrics_port: int = 0  # Prometheus metrics of `reviews worker` on this port; 0: off
     log_format: str = "text"  # text | json (one object a line, with job and batch ids)
+    languages: str = "en"  # languages analysed (ISO 639-1, comma-separated); others are skipped; "all": no guard
 
     def __post_init__(self) -> None:
         data_dir = home_dir()
@@ -97,6 +99,10 @@ class Settings:
         if len(self.retrain_schedule.split()) != 5:
             raise SettingsError(f"REVIEWS_RETRAIN_SCHEDULE={self.retrain_schedule!r}: expected a cron line of 5 "
                                 "fields (minute hour day month weekday)")
+        if self.languages.strip().lower() != "all" and not all(
+                re.fullmatch("[a-z]{2,3}", code.strip().lower()) for code in self.languages.split(",")):
+            raise SettingsError(f"REVIEWS_LANGUAGES={self.languages!r}: expected ISO 639-1 codes separated by "
+                                "commas (en,de) or all")
         if self.window_stride >= self.max_length - 2:
             raise SettingsError(f"REVIEWS_WINDOW_STRIDE={self.window_stride} must be smaller than "
                                 f"REVIEWS_MAX_LENGTH - 2 ({self.max_length - 2})")

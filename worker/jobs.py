@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .schema import Job, JobReview, RejectedLine, Review, utcnow
 
 INGESTING, QUEUED, DONE, PARTIAL, FAILED = "ingesting", "queued", "done", "partial", "failed"
+SKIPPED = "skipped"  # a review of a job that was deliberately not analysed (its language, say)
 FINISHED = (DONE, PARTIAL, FAILED)
 
 SendBatch = Callable[[int, list[int]], None]
@@ -48,6 +49,7 @@ class Progress:
     pending: int
     rejected: int
     error: str | None = None
+    skipped: int = 0
 
     @property
     def finished(self) -> bool:
@@ -55,8 +57,8 @@ class Progress:
 
     def as_dict(self) -> dict:
         return {"job": self.job_id, "status": self.status, "source": self.source, "total": self.total,
-                "done": self.done, "failed": self.failed, "pending": self.pending, "rejected": self.rejected,
-                "error": self.error}
+                "done": self.done, "failed": self.failed, "skipped": self.skipped, "pending": self.pending,
+                "rejected": self.rejected, "error": self.error}
 
 
 # -- creating and ingesting -------------------------------------------------------------------------
@@ -123,7 +125,7 @@ def finish_if_complete(session: Session, job_id: int) -> None:
         return
     if p.total == 0:
         status, error = FAILED, "no reviews to analyse" + (f": {p.rejected} lines rejected" if p.rejected else "")
-    else:
+    else:  # skipped reviews were left out on purpose: they make a job neither partial nor failed
         status, error = (DONE if not p.failed else FAILED if not p.done else PARTIAL), None
     session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED)
                     .values(status=status, error=error, finished_at=utcnow()))
@@ -141,8 +143,9 @@ def progress(session: Session, job_id: int) -> Progress:
         select(JobReview.status, func.count()).where(JobReview.job_id == job_id).group_by(JobReview.status)
     ).all())
     done, failed, pending = counts.get(DONE, 0), counts.get(FAILED, 0), counts.get("pending", 0)
-    return Progress(job.id, job.status, job.source, done + failed + pending, done, failed, pending, job.rejected,
-                    job.error)
+    skipped = counts.get(SKIPPED, 0)
+    return Progress(job.id, job.status, job.source, done + failed + pending + skipped, done, failed, pending,
+                    job.rejected, job.error, skipped)
 
 
 def latest(session: Session, limit: int) -> list[Progress]:
@@ -155,10 +158,11 @@ def rejected_lines(session: Session, job_id: int) -> list[RejectedLine]:
                                 .order_by(RejectedLine.line_no)))
 
 
-def failed_reviews(session: Session, job_id: int) -> list[tuple[str, str]]:
-    """(review id as given in the input, the reason) of each review of the job that failed."""
+def failed_reviews(session: Session, job_id: int, status: str = FAILED) -> list[tuple[str, str]]:
+    """(review id as given in the input, the reason) of each review of the job that failed (or, with
+    status=SKIPPED, that was skipped)."""
     q = (select(Review.external_id, JobReview.error).join(JobReview, JobReview.review_id == Review.id)
-         .where(JobReview.job_id == job_id, JobReview.status == FAILED).order_by(Review.id))
+         .where(JobReview.job_id == job_id, JobReview.status == status).order_by(Review.id))
     return [(ext, error or "") for ext, error in session.execute(q)]
 
 

@@ -17,7 +17,7 @@ from .rollups import ReviewFacts
 from .schema import EntityRow, JobReview, ModelVersion, NerResult, Review, SentimentResult, utcnow
 
 PAGE = 1000
-COLUMNS = ["id", "product_id", "rating", "sentiment", "probability", "score", "sentiment_model_version",
+COLUMNS = ["id", "product_id", "rating", "language", "sentiment", "probability", "score", "sentiment_model_version",
            "entities", "ner_model_version", "text"]
 
 
@@ -106,6 +106,7 @@ def iter_export(session: Session, job_id: int | None = None) -> Iterator[dict]:
                 "id": r.external_id,
                 "product_id": r.product_id,
                 "rating": r.rating,
+                "language": r.language,
                 "sentiment": s.label if s else None,
                 "probability": round(s.probability, 4) if s else None,
                 "score": round(s.score, 4) if s else None,

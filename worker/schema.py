@@ -58,10 +58,11 @@ class Review(Base):
     created_at: Mapped[Optional[datetime]] = mapped_column(index=True)  # when it was written (input), UTC
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", Metadata, default=dict)  # unknown input fields
     ingested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    language: Mapped[Optional[str]] = mapped_column(String(8), index=True)  # detected at analysis; NULL: unsure
 
 
 class JobReview(Base):
-    """A review's state within one job: pending, done or failed (with the reason)."""
+    """A review's state within one job: pending, done, failed or skipped (with the reason)."""
 
     __tablename__ = "job_reviews"
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
