@@ -34,13 +34,22 @@ def _locked(url: str):
     engine = get_engine(url)
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
+            # SQLite alters a table by copying it and dropping the old one; with foreign keys on, that
+            # drop would cascade and delete the rows of every table that points at it (job_reviews,
+            # results...). The pragma only takes effect outside a transaction, hence before BEGIN.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             conn.exec_driver_sql("BEGIN EXCLUSIVE")  # waits for the other writer, up to the busy timeout
             try:
                 yield conn
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"the migration left rows pointing nowhere: {broken[:5]}")
                 conn.exec_driver_sql("COMMIT")
             except BaseException:
                 conn.exec_driver_sql("ROLLBACK")
                 raise
+            finally:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
     else:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_KEY})")
