@@ -1,4 +1,4 @@
-"""Model versions and retraining: `models list|show|promote|rollback`, `retrain`."""
+"""Model versions and retraining: `models list|show|add|promote|rollback`, `retrain`."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _describe(mv) -> str:
 
 @click.group()
 def models() -> None:
-    """Model versions: list, show, promote, roll back."""
+    """Model versions: list, show, add your own, promote, roll back."""
 
 
 @models.command("list")
@@ -64,6 +64,42 @@ def models_show(ctx: Context, task: str, version: int) -> None:
             mv = registry.get(s, task, version)
             parent = registry.parent(s, mv)
             click.echo(json.dumps(_as_dict(mv, parent.version if parent else None), indent=2))
+
+
+@models.command("add")
+@click.argument("task", type=click.Choice(["sentiment", "ner"]))
+@click.argument("source")
+@click.option("--revision", help="Hub ids: branch, tag or commit to pin [default: main]; recorded as its commit.")
+@click.option("--activate/--as-candidate", default=False, show_default=True,
+              help="Make it the active version at once (workers switch at their next batch), or leave it a "
+                   "candidate for `reviews models promote`.")
+@click.option("--map", "label_map", multiple=True, metavar="LABEL=NAME,...",
+              help="Our name for a label of the model: negative/positive/skip for sentiment; PER/ORG/LOC/MISC "
+                   "(a type or a whole tag), O or skip for NER. Known synonyms map by themselves.")
+@pass_ctx
+def models_add(ctx: Context, task: str, source: str, revision: str | None, activate: bool,
+               label_map: tuple[str, ...]) -> None:
+    """Register a model directory or Hugging Face hub id as a new version of TASK.
+
+    It is checked first (safetensors weights, a fast tokenizer, the task's head and labels, sane
+    output on sample sentences through the serving engine), then copied under REVIEWS_MODEL_DIR, so
+    that the version never depends on the source again."""
+    from worker import model_import
+    from worker.nlp.labels import parse_map
+
+    with clear_errors():
+        mapping = parse_map(label_map)
+        sessions = ctx.sessions()
+        done = model_import.import_model(ctx.settings, sessions, task, source, revision, mapping, activate,
+                                         progress=lambda m: click.echo(m, err=True))
+        for warning in done.warnings:
+            click.secho(f"warning: {warning}", err=True, fg="yellow")
+        changed = {o: n for o, n in zip(done.mapping.original, done.mapping.names) if o != n}
+        if changed:
+            click.echo("labels: " + ", ".join(f"{o} -> {n}" for o, n in changed.items()), err=True)
+        click.echo(f"{task} version {done.version} added from {done.origin} as {done.status} ({done.directory})")
+        if done.status != "active":
+            click.echo(f"make it active with: reviews models promote {task} {done.version}", err=True)
 
 
 @models.command("promote")

@@ -72,3 +72,96 @@ def test_running_worker_picks_up_promotion_and_rollback(app_worker, tmp_path):
                                          .join(SentimentResult, SentimentResult.review_id == Review.id)):
             by_prefix.setdefault(ext[0], set()).add(version_id)
     assert by_prefix == {"a": {v1.id}, "b": {v2.id}, "c": {v1.id}}
+
+
+def _in_thread(fn):
+    """Run fn in a thread; returns (thread, box) where box gets 'result' or 'error'."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except Exception as exc:  # the test asserts on it
+            box["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, box
+
+
+@pytest.mark.postgres
+def test_concurrent_seeding_registers_version_1_once(migrated_pg, tiny_models):
+    import threading
+
+    settings = make_settings(migrated_pg, tiny_models)
+    sessions = session_factory(migrated_pg)
+    barrier = threading.Barrier(8)
+
+    def seed():
+        barrier.wait()
+        with sessions() as s:
+            return {task: (mv.version, mv.status) for task, mv in registry.active_versions(s, settings).items()}
+
+    runs = [_in_thread(seed) for _ in range(8)]
+    for t, _ in runs:
+        t.join()
+    assert [box for _, box in runs] == [{"result": {"sentiment": (1, "active"), "ner": (1, "active")}}] * 8
+
+
+@pytest.mark.postgres
+def test_a_claimed_version_number_is_not_given_twice(migrated_pg, tiny_models):
+    import time
+
+    sessions = session_factory(migrated_pg)
+    with sessions() as s:
+        registry.active_versions(s, make_settings(migrated_pg, tiny_models))
+        s.commit()
+    first = sessions()
+    mine = registry.claim(first, "sentiment", source="a", status="candidate")
+    assert mine.version == 2
+
+    def other():
+        with sessions() as s:
+            mv = registry.claim(s, "sentiment", source="b", status="candidate")
+            s.commit()
+            return mv.version
+
+    t, box = _in_thread(other)
+    time.sleep(0.5)
+    assert t.is_alive()  # its INSERT of version 2 waits for the first transaction
+    first.commit()
+    first.close()
+    t.join()
+    assert box == {"result": 3}
+
+
+@pytest.mark.postgres
+def test_concurrent_promotions_leave_one_active_version(migrated_pg, tiny_models):
+    import time
+
+    sessions = session_factory(migrated_pg)
+    with sessions() as s:
+        registry.active_versions(s, make_settings(migrated_pg, tiny_models))
+        for _ in range(2):
+            registry.register(s, "sentiment", str(tiny_models["sentiment"]), "candidate")
+        s.commit()
+    first = sessions()
+    registry.promote(first, "sentiment", 2)
+
+    def other():
+        with sessions() as s:
+            registry.promote(s, "sentiment", 3)
+            s.commit()
+
+    t, box = _in_thread(other)
+    time.sleep(0.5)
+    assert t.is_alive()  # waits for the first promotion instead of reading version 1 as active
+    first.commit()
+    first.close()
+    t.join()
+    assert "error" not in box
+    with sessions() as s:
+        assert [(m.version, m.status) for m in registry.versions(s, "sentiment")] == [
+            (1, "retired"), (2, "retired"), (3, "active")]

@@ -6,6 +6,8 @@ become version 1 of their task the first time anything asks for the active versi
 
 from __future__ import annotations
 
+import shlex
+
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -30,7 +32,14 @@ def _register_default(session: Session, settings: Settings, task: str) -> ModelV
     source = settings.sentiment_model if task == "sentiment" else settings.ner_model
     has_any = session.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.task == task))
     if has_any:
-        raise LookupError(f"no active {task} model version: promote one with `reviews models promote`")
+        # Another process may have seeded or promoted one since the caller looked (each statement
+        # sees what was committed when it began): look again before calling it missing.
+        current = session.scalars(
+            select(ModelVersion).where(ModelVersion.task == task, ModelVersion.status == "active")
+        ).first()
+        if current is None:
+            raise LookupError(f"no active {task} model version: promote one with `reviews models promote`")
+        return current
     mv = ModelVersion(task=task, version=1, source=source, status="active", promoted_at=utcnow(),
                       note="configured default")
     session.add(mv)
@@ -50,12 +59,30 @@ def configured_drift(session: Session, settings: Settings) -> list[str]:
     out = []
     for task, mv in active_versions(session, settings).items():
         configured = settings.sentiment_model if task == "sentiment" else settings.ner_model
-        if _same_source(configured, mv.source) or mv.parent_id is not None:
-            continue  # a retrained version is expected to differ from the seed
+        origin = provenance(mv)
+        pinned = (mv.metrics or {}).get("import", {}).get("revision")  # a hub import: org/name@commit
+        if _same_source(configured, mv.source) or _same_source(configured, origin) \
+                or (pinned and configured == origin.rpartition("@")[0]):
+            continue
+        if mv.parent_id is not None or origin != mv.source:
+            # A retrained or imported version is meant to differ from the seed: only a setting changed
+            # since it seeded version 1 is worth a word.
+            seed = session.scalar(select(ModelVersion.source).where(ModelVersion.task == task,
+                                                                    ModelVersion.version == 1))
+            if seed is None or _same_source(configured, seed):
+                continue
         out.append(f"REVIEWS_{task.upper()}_MODEL is {configured}, but the active {task} version {mv.version} "
-                   f"serves {mv.source}: the setting only seeds version 1 of a new database; the database's "
-                   "active version is what runs")
+                   f"serves {origin}: the setting only seeds version 1 of a new database; the database's "
+                   f"active version is what runs. To serve the configured model, register it: "
+                   f"`reviews models add {task} {shlex.quote(configured)} --activate`")
     return out
+
+
+def provenance(mv: ModelVersion) -> str:
+    """Where a version came from: `org/name@commit` or the directory it was copied from for an
+    imported version (`reviews models add`, whose files are the copy in `source`), else its source."""
+    imported = (mv.metrics or {}).get("import")
+    return (imported.get("from") or mv.source) if isinstance(imported, dict) else mv.source
 
 
 def _same_source(a: str, b: str) -> bool:
@@ -98,14 +125,47 @@ def register(session: Session, task: str, source: str, status: str, parent_id: i
     return mv
 
 
+def claim(session: Session, task: str, attempts: int = 20, **fields) -> ModelVersion:
+    """Insert the next version of `task` (flushed, not committed) and return it: its number is this
+    session's until it commits or rolls back, so the caller can put files under that number first.
+
+    Two processes that pick the same number meet at the (task, version) unique key: PostgreSQL makes
+    the second INSERT wait for the first transaction, then fail, and the loser takes the next number.
+    The session must hold nothing else: a lost race rolls it back.
+    """
+    for _ in range(attempts):
+        mv = ModelVersion(task=task, version=next_version(session, task), **fields)
+        session.add(mv)
+        try:
+            session.flush()
+            return mv
+        except IntegrityError:
+            session.rollback()
+    raise RuntimeError(f"could not claim a new {task} version number in {attempts} tries")
+
+
+def _lock_task(session: Session, task: str) -> list[ModelVersion]:
+    """Every version of `task`, locked (PostgreSQL) and re-read: two promotions or rollbacks of one
+    task run one after the other, and the second sees what the first made active. SQLite has one
+    writer at a time anyway."""
+    return list(session.scalars(
+        select(ModelVersion).where(ModelVersion.task == task).order_by(ModelVersion.id)
+        .with_for_update().execution_options(populate_existing=True)
+    ))
+
+
 def promote(session: Session, task: str, version: int, note: str = "promoted") -> ModelVersion:
     """Make `version` the active one; the version it replaces is retired. Workers pick it up at
     their next batch."""
-    target = get(session, task, version)
+    rows = _lock_task(session, task)
+    target = next((mv for mv in rows if mv.version == version), None)
+    if target is None:
+        raise LookupError(f"no {task} model version {version}")
     if target.status == "active":
         return target
-    for mv in session.scalars(select(ModelVersion).where(ModelVersion.task == task, ModelVersion.status == "active")):
-        mv.status = "retired"
+    for mv in rows:
+        if mv.status == "active":
+            mv.status = "retired"
     target.status = "active"
     target.promoted_at = utcnow()
     target.note = note
@@ -115,6 +175,7 @@ def promote(session: Session, task: str, version: int, note: str = "promoted") -
 
 def rollback(session: Session, task: str) -> ModelVersion:
     """Put back the version that was active before the current one."""
+    _lock_task(session, task)
     current = session.scalars(
         select(ModelVersion).where(ModelVersion.task == task, ModelVersion.status == "active")
     ).first()

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from . import batching, loading
+from . import batching, labels, loading
 from .bio import bio_spans
 from .options import EngineOptions
 from .sentiment import fit_options
@@ -17,8 +17,10 @@ class NerModel:
     def __init__(self, model, tokenizer, device, precision: str, options: EngineOptions | None = None):
         self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
         self.options = fit_options(options or EngineOptions(), model, device)
-        self.forward = batching.Forward(model, device, precision, per_token=True)
-        self.tags = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        # Our BIO tags (labels.py: B-PERSON, LOCATION, BIOES prefixes...; an imported version's config
+        # already holds them); tags merged or skipped to O by the mapping are folded in the forward.
+        self.tags, self.forward = labels.for_engine(
+            "ner", model, batching.Forward(model, device, precision, per_token=True))
         vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         # WordPiece marks word-internal pieces with "##"; the tag of a word is read at its first piece.
         self.continues_word = [t is not None and t.startswith("##") for t in vocab]

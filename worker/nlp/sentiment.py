@@ -6,20 +6,21 @@ from dataclasses import replace
 
 import torch
 
-from . import batching, loading
+from . import batching, labels, loading
 from .options import EngineOptions
-from .types import SENTIMENT_LABELS, Sentiment
+from .types import Sentiment
 
 
 class SentimentModel:
     def __init__(self, model, tokenizer, device, precision: str, options: EngineOptions | None = None):
         self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
         self.options = fit_options(options or EngineOptions(), model, device)
-        self.forward = batching.Forward(model, device, precision, per_token=False)
-        self.labels = [model.config.id2label[i].lower() for i in range(model.config.num_labels)]
-        if len(self.labels) == 2 and not {"negative", "positive"} & set(self.labels):
-            self.labels = list(SENTIMENT_LABELS)  # generic LABEL_0/LABEL_1 heads: index 1 is positive
-        self.pos = self._index("positive", fallback=model.config.num_labels - 1)
+        # Our names (labels.py: NEGATIVE, neg, LABEL_0/LABEL_1 of a two-class head...; an imported
+        # version's config already holds them); classes skipped or merged by the mapping are folded
+        # in the forward, so that every logit column is negative or positive.
+        self.labels, self.forward = labels.for_engine(
+            "sentiment", model, batching.Forward(model, device, precision, per_token=False))
+        self.pos = self._index("positive", fallback=len(self.labels) - 1)
         self.neg = self._index("negative", fallback=0)
 
     def _index(self, name: str, fallback: int) -> int:
