@@ -70,12 +70,26 @@ def list_jobs(ctx: Context, limit: int, as_json: bool) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               help="File to write, whole or not at all [default: stdout].")
 @click.option("--no-text", is_flag=True, help="Leave the review text out.")
+@click.option("--for", "target", type=click.Choice(["label-studio"]),
+              help="Write tasks to label instead: Label Studio import JSON, the latest results as predictions "
+                   "and our id in data.review_id.")
+@click.option("--uncertain", type=click.IntRange(min=1), metavar="N",
+              help="With --for: only the N reviews the sentiment model is least sure of, least sure first.")
 @pass_ctx
-def export(ctx: Context, job_id: int | None, fmt: str, output: str, no_text: bool) -> None:
-    """Write the latest results as JSONL or CSV (entities as a JSON list in CSV)."""
+def export(ctx: Context, job_id: int | None, fmt: str, output: str, no_text: bool, target: str | None,
+           uncertain: int | None) -> None:
+    """Write the latest results as JSONL or CSV (entities as a JSON list in CSV), or with --for, as
+    tasks for a labeling tool."""
     from worker import jobs
     from worker.results import COLUMNS, iter_export
 
+    if target is not None:
+        from .labels import export_for_labeling
+
+        export_for_labeling(ctx, job_id, output, no_text, uncertain)
+        return
+    if uncertain is not None:
+        raise click.UsageError("--uncertain chooses reviews to label: use it with --for label-studio")
     columns = [c for c in COLUMNS if not (no_text and c == "text")]
     with clear_errors():
         with ctx.sessions()() as s:

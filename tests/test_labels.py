@@ -71,10 +71,18 @@ def test_a_file_with_no_usable_label_exits_non_zero(migrated_sqlite, tiny_models
     assert "line 2:" in result.output and "Traceback" not in result.output
 
 
-def test_a_labeling_tool_export_is_named_as_such(migrated_sqlite, tiny_models, tmp_path):
+def test_a_labeling_tool_export_is_read_as_such(migrated_sqlite, tiny_models, tmp_path):
+    """A JSON array was refused as "not JSON Lines"; now the tool is recognised by its fields. Formats and
+    their pages: tests/test_label_formats.py."""
     env = settings_env(make_settings(migrated_sqlite, tiny_models))
     path = tmp_path / "project-1-at-2025.json"
     path.write_text('[\n  {"id": 1, "data": {"text": "Great"}, "annotations": [{"result": []}]}\n]\n')
     result = CliRunner().invoke(main, ["label", str(path)], env=env)
-    assert result.exit_code == 1 and "is one JSON array (a Label Studio" in result.output
-    assert "Traceback" not in result.output
+    assert result.exit_code == 1 and "1 task without an answer (label-studio)" in result.output
+    assert "no label could be used" in result.output and "Traceback" not in result.output
+    path.write_text('[{"id": 1, "data": {"text": "Great"}, "annotations": [{"result": [{"type": "choices", '
+                    '"from_name": "sentiment", "to_name": "text", "value": {"choices": ["Positive"]}}]}]}]')
+    result = CliRunner().invoke(main, ["label", str(path)], env=env)
+    assert result.exit_code == 0 and "1 labels added" in result.output
+    ours = CliRunner().invoke(main, ["label", str(path), "--format", "jsonl"], env=env)
+    assert ours.exit_code == 1 and "our own label format is JSON Lines" in ours.output

@@ -33,7 +33,7 @@ _GZIP_ERRORS = (OSError, EOFError, zlib.error)  # BadGzipFile is an OSError
 _ESCAPED = re.compile("[\udc80-\udcff]")  # undecodable bytes, as surrogateescape shows them
 # The only way a NUL or a lone surrogate gets into a parsed string: raw NUL is invalid JSON, raw
 # surrogates invalid UTF-8. Lines without such an escape skip the walk over every string.
-_NUL_OR_SURROGATE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+NUL_OR_SURROGATE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 
 class InputError(ValueError):
@@ -46,7 +46,7 @@ def detect_format(name: str, fmt: str = "auto") -> str:
     return "csv" if name.lower().endswith((".csv", ".csv.gz")) else "jsonl"
 
 
-class _Prefixed(io.RawIOBase):
+class Prefixed(io.RawIOBase):
     """The bytes already read from `stream`, then the rest of it. Never closes `stream`: the caller owns it."""
 
     def __init__(self, head: bytes, stream: IO[bytes]):
@@ -77,7 +77,7 @@ def open_input(stream: IO[bytes]) -> IO[bytes]:
         if not more:
             break
         head += more
-    buffered = io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 16)
+    buffered = io.BufferedReader(Prefixed(head, stream), buffer_size=1 << 16)
     return gzip.GzipFile(fileobj=buffered, mode="rb") if head == GZIP_MAGIC else buffered  # type: ignore[return-value]
 
 
@@ -150,8 +150,8 @@ def _raise(problem: str) -> Any:
     raise BadNumber(problem)
 
 
-_STRICT = _decoder(_raise)  # fast: no walk over the values afterwards to find a bad number
-_MARKING = _decoder(BadNumber)  # for the rare line _STRICT refuses: parsed again to name the field
+STRICT_JSON = _decoder(_raise)  # fast: no walk over the values afterwards to find a bad number
+MARKING_JSON = _decoder(BadNumber)  # for the rare line STRICT_JSON refuses: parsed again to name the field
 
 
 def read_json_objects(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, dict, str] | Rejected]:
@@ -172,13 +172,13 @@ def read_json_objects(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[
         if not line.strip():
             continue  # blank lines separate nothing in JSONL; skipping them loses nothing
         line = line.rstrip("\r\n")
-        suspect = ("\\u" in line and _NUL_OR_SURROGATE_ESCAPE.search(line)) or \
+        suspect = ("\\u" in line and NUL_OR_SURROGATE_ESCAPE.search(line)) or \
             line.count("[") + line.count("{") > MAX_DEPTH
         try:
             try:
-                obj = _STRICT.decode(line)
+                obj = STRICT_JSON.decode(line)
             except BadNumber:
-                obj, suspect = _MARKING.decode(line), True
+                obj, suspect = MARKING_JSON.decode(line), True
         except json.JSONDecodeError as exc:
             yield Rejected(line_no, f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}", line)
             continue

@@ -52,7 +52,7 @@ class Review(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     external_id: Mapped[str] = mapped_column(String(255), unique=True)  # the input's "id", or h:<sha256>
     text: Mapped[str] = mapped_column(Text)
-    text_sha256: Mapped[str] = mapped_column(String(64))
+    text_sha256: Mapped[str] = mapped_column(String(64), index=True)  # labels find their review by text
     product_id: Mapped[Optional[str]] = mapped_column(String(255), index=True)
     rating: Mapped[Optional[float]] = mapped_column(Float)
     created_at: Mapped[Optional[datetime]] = mapped_column(index=True)  # when it was written (input), UTC
