@@ -71,11 +71,13 @@ def bio_to_spans(tags: Sequence[str], token_spans: Sequence[tuple[int, int]]) ->
     return [(token_spans[a][0], token_spans[b - 1][1], kind) for a, b, kind in bio_spans(tags)]
 
 
-def word_labels(offsets, word_start: Sequence[bool], spans: Sequence[tuple[int, int, str]]) -> list[int]:
+def word_labels(offsets, word_start: Sequence[bool], spans: Sequence[tuple[int, int, str]],
+                tag_id: dict[str, int] | None = None) -> list[int]:
     """A tag id for the first piece of each word, -100 elsewhere. A word is what the engine reads
     (worker/nlp/ner.py): a token that does not continue the previous one with '##'. A word that
-    starts inside an entity but not at its start (the '.' of 'U.S.') continues it with I-."""
-    tag_id = {t: i for i, t in enumerate(NER_TAGS)}
+    starts inside an entity but not at its start (the '.' of 'U.S.') continues it with I-.
+    tag_id: the model's own tag order (its config's label2id); NER_TAGS order by default."""
+    tag_id = tag_id or {t: i for i, t in enumerate(NER_TAGS)}
     labels = []
     for (s, _e), first in zip(offsets, word_start):
         if not first:
@@ -91,7 +93,7 @@ def word_labels(offsets, word_start: Sequence[bool], spans: Sequence[tuple[int, 
 
 
 def encode_ner_spans(tokenizer, items: Sequence[tuple[str, Sequence[tuple[int, int, str]]]],
-                     config: TrainConfig) -> list[Encoded]:
+                     config: TrainConfig, tag_id: dict[str, int] | None = None) -> list[Encoded]:
     """(text, entity char spans) pairs to training examples; long texts are cut to max_length."""
     enc = tokenizer([t for t, _ in items], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
@@ -100,7 +102,7 @@ def encode_ner_spans(tokenizer, items: Sequence[tuple[str, Sequence[tuple[int, i
     for ids, offsets, (_, spans) in zip(enc["input_ids"], enc["offset_mapping"], items):
         ids, offsets = ids[: config.max_length - 2], offsets[: config.max_length - 2]
         starts = [not vocab[i].startswith("##") for i in ids]
-        out.append(Encoded([cls, *ids, sep], [-100, *word_labels(offsets, starts, spans), -100]))
+        out.append(Encoded([cls, *ids, sep], [-100, *word_labels(offsets, starts, spans, tag_id), -100]))
     return out
 
 
