@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -51,15 +52,20 @@ def db_downgrade(ctx: Context, revision: str) -> None:
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--hostname", "-n", help="Worker name [default: reviews@<host>].")
 @click.option("--beat", "-B", is_flag=True, help="Also run the beat scheduler (one per deployment).")
+@click.option("--metrics-port", type=int,
+              help="Serve Prometheus metrics on this port; 0: off [default: REVIEWS_METRICS_PORT, else 0].")
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="json: one object a line, with job and batch ids [default: REVIEWS_LOG_FORMAT, else text].")
 @pass_ctx
 def worker(ctx: Context, queues: str, pool: str, concurrency: int, loglevel: str, hostname: str | None,
-           beat: bool) -> None:
+           beat: bool, metrics_port: int | None, log_format: str | None) -> None:
     """Start a Celery worker that analyses batches (queue 'inference') or retrains ('training')."""
+    from worker import logs, metrics  # neither imports prometheus_client until asked to
     from worker.db import check_schema
     from worker.nlp.device import pick_device
 
-    settings = ctx.settings
     with clear_errors():
+        settings = ctx.settings.with_(metrics_port=metrics_port, log_format=log_format)
         check_schema(settings.database_url)
         if pool == "prefork" and pick_device(settings.device).type == "cuda":
             raise click.ClickException("CUDA cannot run in forked children: use --pool solo and scale processes")
@@ -67,9 +73,15 @@ def worker(ctx: Context, queues: str, pool: str, concurrency: int, loglevel: str
         # Each child gets its share of the cores; oversubscribed torch threads slow everyone down. The
         # share is part of the settings the app is built with, so every child sees it.
         settings = settings.with_(threads=max(1, (os.cpu_count() or 1) // concurrency))
+    if settings.metrics_port and pool == "prefork":
+        metrics.prepare_multiprocess()  # before anything imports prometheus_client; children inherit it
     ctx.settings = settings
     warn_about_drift(ctx)
     app = ctx.app()
+    with clear_errors():
+        logs.install(app, settings.log_format, loglevel)
+        if settings.metrics_port:
+            metrics.install(app, settings, pool=pool)  # before the models load: a port in use fails fast
     if "inference" in queues.split(","):
         if pool == "prefork":  # each child loads its own models as it starts
             from celery.signals import worker_process_init
@@ -78,13 +90,21 @@ def worker(ctx: Context, queues: str, pool: str, concurrency: int, loglevel: str
         else:
             with clear_errors():  # a broken model stops the worker now, with one line, not in a batch
                 app.reviews_context.warm_up()
+        if settings.metrics_port:
+            metrics.serving_at_start(app, pool)  # after the warm-up (hook) above: the models are loaded
     argv = ["worker", "-Q", queues, "--pool", pool, "--concurrency", str(concurrency), "--loglevel", loglevel]
     if hostname:
         argv += ["--hostname", hostname]
     if beat:
         argv.append("--beat")
-    click.echo(f"worker on {redact_url(settings.broker_url)}, database {describe_db(settings)}"
-               f"{f', {settings.threads} torch threads per child' if pool == 'prefork' else ''}", err=True)
+    started = (f"worker on {redact_url(settings.broker_url)}, database {describe_db(settings)}"
+               f"{f', {settings.threads} torch threads per child' if pool == 'prefork' else ''}"
+               f"{f', metrics on port {settings.metrics_port}' if settings.metrics_port else ''}")
+    if settings.log_format == "json":  # every line a JSON object: no banner, the start line a log record
+        argv.insert(0, "--quiet")
+        logging.getLogger("reviews.worker").info(started)
+    else:
+        click.echo(started, err=True)
     app.worker_main(argv)
 
 

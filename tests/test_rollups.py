@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from conftest import make_settings
 from worker import batches, ingest, jobs, migrate, registry
-from worker.db import get_engine
+from worker.db import forget_engines, get_engine
 from worker.resources import Resources
 from worker.rollups import entity_key
 
@@ -120,7 +120,7 @@ def test_rollups_follow_the_results_through_redelivery_promotion_and_rollback(db
 @pytest.mark.postgres
 def test_days_do_not_move_with_the_session_time_zone(pg_url, tiny_models, tmp_path, monkeypatch):
     monkeypatch.setenv("PGTZ", "America/Los_Angeles")  # libpq: every new connection's session time zone
-    get_engine.cache_clear()
+    forget_engines()
     try:
         migrate.upgrade(pg_url)
         resources = Resources(make_settings(pg_url, tiny_models, model_dir=str(tmp_path / "v")))
@@ -133,7 +133,7 @@ def test_days_do_not_move_with_the_session_time_zone(pg_url, tiny_models, tmp_pa
         assert days == ["2025-01-01", "2025-01-02"]  # the UTC days, not Los Angeles'
         assert view == [("2025-01-01", 1), ("2025-01-02", 1)]  # the view too, with the model version
     finally:
-        get_engine.cache_clear()
+        forget_engines()
 
 
 @pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

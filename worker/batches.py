@@ -25,7 +25,7 @@ from typing import Callable
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from . import jobs, language, results
+from . import jobs, language, logs, metrics, results
 from .nlp.types import ModelLoadError
 from .rollups import ReviewFacts, utc_day
 from .schema import Review
@@ -65,6 +65,7 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
     """One attempt at the whole batch. Returns the number of reviews written."""
     sessions = resources.sessions
     models = resources.models()
+    metrics.models_serving(sessions, models)  # a no-op unless this version pair is new to the process
     with sessions() as session:
         rows = session.execute(select(Review.id, Review.text, Review.created_at, Review.ingested_at, Review.product_id)
                                .where(Review.id.in_(review_ids))).all()
@@ -115,6 +116,7 @@ def isolate(resources, job_id: int | None, review_ids: list[int]) -> BatchOutcom
                 raise
             log.warning("review %s failed: %s: %s", rid, type(exc).__name__, exc)
             failed += 1
+            metrics.review_failed(exc)
             if job_id is not None:
                 with resources.sessions() as session:
                     jobs.mark_reviews(session, job_id, [rid], jobs.FAILED, f"{type(exc).__name__}: {exc}"[:2000])
@@ -136,6 +138,7 @@ def process(resources, job_id: int | None, review_ids: list[int], attempt: int =
             if database_down(exc):
                 raise
             if attempt < s.task_max_retries:
+                metrics.retried("engine")
                 raise RetryLater(backoff(attempt, s.retry_delay), f"{type(exc).__name__}: {exc}") from exc
             log.error("batch of %d failed %d times (%s: %s): isolating its reviews", len(review_ids), attempt + 1,
                       type(exc).__name__, exc)
@@ -144,18 +147,21 @@ def process(resources, job_id: int | None, review_ids: list[int], attempt: int =
         if not database_down(exc) or attempt >= s.db_max_retries:
             raise
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        metrics.retried("database")
         raise RetryLater(backoff(attempt, s.retry_delay), f"database unavailable: {reason}") from exc
 
 
 def run_to_end(resources, job_id: int | None, review_ids: list[int],
                sleep: Callable[[float], None] = time.sleep) -> BatchOutcome:
-    """The in-process driver of `process` (`reviews run`, `reviews resume --local`): waits in place."""
+    """The in-process driver of `process` (`reviews run`, `reviews resume --local`): waits in place.
+    With no Celery task id, the first review's id names the batch in log lines."""
     attempt = 0
-    while True:
-        try:
-            return process(resources, job_id, review_ids, attempt)
-        except RetryLater as retry:
-            log.warning("batch of %d: %s; retry %d in %.1f s", len(review_ids), retry.reason, attempt + 1,
-                        retry.delay)
-            sleep(retry.delay)
-            attempt += 1
+    with logs.batch(job_id, f"r{review_ids[0]}" if review_ids else "r-"):
+        while True:
+            try:
+                return process(resources, job_id, review_ids, attempt)
+            except RetryLater as retry:
+                log.warning("batch of %d: %s; retry %d in %.1f s", len(review_ids), retry.reason, attempt + 1,
+                            retry.delay)
+                sleep(retry.delay)
+                attempt += 1

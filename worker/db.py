@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import os
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
@@ -16,8 +16,24 @@ class DatabaseError(RuntimeError):
     """The database cannot be reached or is not set up; the message says what to do."""
 
 
-@lru_cache(maxsize=8)
+_engines: dict[str, Engine] = {}  # one per URL and process: its pool is the process's connections
+
+
 def get_engine(url: str) -> Engine:
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = _create_engine(url)
+    return engine
+
+
+def forget_engines() -> None:
+    """Drop every engine, so the next get_engine connects afresh (tests that change PGTZ, say)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+
+
+def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -27,6 +43,17 @@ def get_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
     return engine
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child (a prefork worker), the pooled connections belong to the parent: sharing one
+    socket between processes corrupts both sides' conversation with the server. The child drops them
+    without closing them (closing would end the parent's), and opens its own."""
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
