@@ -46,8 +46,10 @@ def db_downgrade(ctx: Context, revision: str) -> None:
 
 @click.command()
 @click.option("--queues", "-Q", default="inference", show_default=True, help="Comma-separated queues to consume.")
-@click.option("--pool", type=click.Choice(["solo", "threads", "prefork"]), default="solo", show_default=True,
-              help="solo: one process, safe with CUDA. prefork forks children: CPU only.")
+@click.option("--pool", type=click.Choice(["solo", "threads", "prefork"]),
+              help="solo: one process, safe with CUDA (the default for inference). threads (the default for a "
+                   "trainer): answers pings and broker heartbeats while a long retrain runs. prefork forks "
+                   "children: CPU only.")
 @click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--hostname", "-n", help="Worker name [default: reviews@<host>].")
@@ -60,6 +62,10 @@ def db_downgrade(ctx: Context, revision: str) -> None:
 def worker(ctx: Context, queues: str, pool: str, concurrency: int, loglevel: str, hostname: str | None,
            beat: bool, metrics_port: int | None, log_format: str | None) -> None:
     """Start a Celery worker that analyses batches (queue 'inference') or retrains ('training')."""
+    if pool is None:
+        # A retrain runs for minutes: on the solo pool it would block the connection's heartbeats (RabbitMQ
+        # then drops the connection and delivers the retrain again) and pings (healthchecks fail).
+        pool = "solo" if "inference" in queues.split(",") else "threads"
     from worker import logs, metrics  # neither imports prometheus_client until asked to
     from worker.db import check_schema
     from worker.nlp.device import pick_device

@@ -1,6 +1,7 @@
-"""Shared fixtures: tiny models saved to disk, SQLite and PostgreSQL databases, Redis, a real worker.
+"""Shared fixtures: tiny models saved to disk, SQLite and PostgreSQL databases, Redis, RabbitMQ, a real
+worker.
 
-Tests that need PostgreSQL, Redis or ../shared/data skip with the reason where those are missing;
+Tests that need PostgreSQL, Redis, RabbitMQ or ../shared/data skip with the reason where those are missing;
 with REVIEWS_TEST_STRICT=1 (set by .ci/run) every skip is a failure instead, so CI cannot pass by
 skipping.
 """
@@ -11,7 +12,9 @@ import gzip
 import json
 import os
 import select as select_mod
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 from contextlib import contextmanager
@@ -24,12 +27,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import save_tiny  # noqa: E402
 
-from worker.config import Settings  # noqa: E402
+from worker.config import Settings, redact_url  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("REVIEWS_DATA_DIR", ROOT.parent / "shared" / "data"))
 PG_URL = os.environ.get("REVIEWS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("REVIEWS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# A vhost of its own, as Redis has database 15: the tests delete the queues they use. .ci/run creates it.
+RABBITMQ_URL = os.environ.get("REVIEWS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/reviews_test")
 STRICT = os.environ.get("REVIEWS_TEST_STRICT") == "1"
 
 
@@ -133,6 +138,90 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+def _rabbitmq_reset(url: str) -> str | None:
+    """Delete the test vhost's 'inference' and 'training' queues and their exchanges, so that a test
+    starts with empty queues, declared afresh as the app declares them. None, or why RabbitMQ cannot
+    be used."""
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.channel()
+            for name in ("inference", "training"):
+                channel.queue_delete(name)
+                channel.exchange_delete(name)
+    except Exception as exc:  # refused, no such vhost, bad credentials: no RabbitMQ for these tests
+        return f"{type(exc).__name__}: {exc}"
+    # Celery's producers come from kombu's process-wide pools, whose connections remember what they
+    # declared: they would publish to the exchanges just deleted without declaring them again.
+    import kombu.pools
+
+    kombu.pools.reset()
+    return None
+
+
+@pytest.fixture
+def rabbitmq_url() -> str:
+    problem = _rabbitmq_reset(RABBITMQ_URL)
+    if problem:
+        pytest.skip(f"RabbitMQ not reachable at {redact_url(RABBITMQ_URL)}: {problem} "
+                    "(a vhost of its own: rabbitmqctl add_vhost reviews_test && rabbitmqctl set_permissions "
+                    "-p reviews_test guest '.*' '.*' '.*')")
+    return RABBITMQ_URL
+
+
+class Broker:
+    """A broker under test: its name ('redis' or 'rabbitmq'), its URL, and what its queues hold."""
+
+    def __init__(self, name: str, url: str):
+        self.name, self.url = name, url
+
+    def ready(self, queue: str) -> int:
+        """Messages waiting in `queue`, none of them delivered to a worker: exact, at once."""
+        if self.name == "redis":
+            import redis
+
+            return redis.Redis.from_url(self.url).llen(queue)
+        from kombu import Connection
+
+        with Connection(self.url) as conn:
+            return conn.default_channel.queue_declare(queue, passive=True).message_count
+
+    def counts(self, queue: str) -> tuple[int, int]:
+        """(ready, unacked): messages waiting in `queue`, and messages delivered to workers and not yet
+        acknowledged. On Redis the second counts every queue's (Redis keeps them in one hash). On
+        RabbitMQ it comes from `rabbitmqctl list_queues` (AMQP cannot tell), whose figures for a quorum
+        queue are statistics, refreshed every few seconds: wait for them."""
+        if self.name == "redis":
+            import redis
+
+            return self.ready(queue), redis.Redis.from_url(self.url).hlen("unacked")
+        from kombu import Connection
+
+        vhost = Connection(self.url).virtual_host
+        out = subprocess.run(["rabbitmqctl", "list_queues", "-p", vhost, "-q", "--no-table-headers", "name",
+                              "messages_unacknowledged"], capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+        unacked = next((int(f[1]) for f in map(str.split, out.splitlines()) if len(f) == 2 and f[0] == queue), 0)
+        return self.ready(queue), unacked
+
+
+@pytest.fixture
+def broker(request) -> Broker:
+    """The broker named by indirect parametrization, emptied for this test:
+    `@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)`."""
+    name = request.param
+    if name == "redis":
+        return Broker(name, request.getfixturevalue("redis_url"))
+    if name == "rabbitmq":
+        url = request.getfixturevalue("rabbitmq_url")
+        if shutil.which("rabbitmqctl") is None:
+            pytest.skip("rabbitmqctl not found: the RabbitMQ tests read queue depths with it")
+        return Broker(name, url)
+    raise ValueError(f"unknown broker {name!r}")
+
+
 @pytest.fixture(scope="session")
 def imdb_reviews() -> list[dict]:
     """The first 200 unlabeled IMDb reviews (real traffic), or a skip where the data is absent."""
@@ -155,8 +244,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @contextmanager
 def running_worker(settings: Settings, queues: tuple[str, ...] = ("inference",), shutdown_timeout: float = 30):
-    """A real Celery worker in this process (a thread) on real Redis, built by the app factory as
-    `reviews worker` builds it. Yields the app."""
+    """A real Celery worker in this process (a thread) on the settings' broker (Redis or RabbitMQ),
+    built by the app factory as `reviews worker` builds it. Yields the app."""
     from celery.contrib.testing.worker import start_worker
 
     from worker.app import create_app

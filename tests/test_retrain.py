@@ -1,7 +1,10 @@
 """Retraining: versions, the promotion gate, the schedule, the lock, and the Celery path."""
 
 import json
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -89,8 +92,20 @@ def test_schedule_exists_and_skips_with_too_few_labels(setup):
         assert [mv.version for mv in registry.versions(s, "sentiment")] == [1]
 
 
-def test_two_concurrent_retrains_of_one_task_do_not_overlap(setup):
-    settings, sessions = setup
+DATABASES = pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+
+
+def _database(request, database: str) -> str:
+    return request.getfixturevalue("migrated_sqlite" if database == "sqlite" else "migrated_pg")
+
+
+@DATABASES
+def test_two_concurrent_retrains_of_one_task_do_not_overlap(database, request, tiny_models, tmp_path):
+    """The lock lives in the database (no Redis needed): an flock next to the SQLite file, a
+    PostgreSQL advisory lock on a connection of each retrain's own."""
+    url = _database(request, database)
+    settings = make_settings(url, tiny_models, model_dir=str(tmp_path / "versions"))
+    sessions = session_factory(url)
     add_labels(settings.database_url, toy_labels())
     barrier = threading.Barrier(2)
     outcomes = []
@@ -109,6 +124,44 @@ def test_two_concurrent_retrains_of_one_task_do_not_overlap(setup):
     assert "already running" in next(o.reason for o in outcomes if o.status == "skipped")
     with sessions() as s:
         assert [mv.version for mv in registry.versions(s, "sentiment")] == [1, 2]
+
+
+HOLD_LOCK = """
+import sys, time
+from worker.config import Settings
+from worker.retrain import retrain_lock
+with retrain_lock(Settings(database_url=sys.argv[1]), "sentiment"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+@DATABASES
+def test_the_retrain_lock_holds_across_processes_and_dies_with_its_holder(database, request, tiny_models):
+    """Another process's retrain of the task is refused while it runs, another task's is not, and a
+    trainer killed outright (no cleanup runs) leaves no lock behind: no time-to-live to wait out."""
+    url = _database(request, database)
+    settings = make_settings(url, tiny_models)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(retrain.RetrainBusy, match="a sentiment retrain is already running"):
+            with retrain.retrain_lock(settings, "sentiment"):
+                pass
+        with retrain.retrain_lock(settings, "ner"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait(10)
+    deadline = time.monotonic() + 10  # PostgreSQL ends the session once it reads the closed socket
+    while True:
+        try:
+            with retrain.retrain_lock(settings, "sentiment"):
+                break
+        except retrain.RetrainBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 @pytest.mark.postgres

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from datetime import timezone
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import registry
@@ -41,6 +43,10 @@ class RetrainOutcome:
     def as_dict(self) -> dict:
         return {"task": self.task, "status": self.status, "reason": self.reason, "version": self.version,
                 "metrics": self.metrics}
+
+
+class RetrainRefused(ValueError):
+    """The active version cannot be retrained on our labels (its classes are not ours, one each)."""
 
 
 class RetrainBusy(RuntimeError):
@@ -81,25 +87,88 @@ def latest_labels(session: Session, task: str) -> list[Label]:
 
 
 @contextmanager
-def retrain_lock(settings: Settings, task: str, ttl: int = 6 * 3600):
-    """One retrain per task at a time, across every trainer and beat replica: a Redis lock with a
-    time-to-live, so a trainer that dies cannot hold it forever."""
-    if not settings.broker_url.startswith(("redis://", "rediss://")):
-        yield  # no shared broker (an in-process retrain): nothing else can run one
-        return
-    import redis
+def retrain_lock(settings: Settings, task: str):
+    """One retrain per task at a time, across every trainer, beat replica and `retrain --local`: a lock
+    in the database they all share, whatever the broker. It is held by a connection (PostgreSQL) or
+    an open file (SQLite) of this process, so a trainer that dies, even by SIGKILL, lets it go at
+    once; no time-to-live to guess. Raises RetrainBusy where another retrain holds it."""
+    url = settings.database_url
+    backend = make_url(url).get_backend_name()
+    if backend == "postgresql":
+        with _advisory_lock(url, task):
+            yield
+    elif backend == "sqlite":
+        with _file_lock(url, task):
+            yield
+    else:  # config.py accepts only these two
+        raise ValueError(f"no retrain lock for the {backend} database")
 
-    client = redis.Redis.from_url(settings.broker_url)
-    lock = client.lock(f"reviews:retrain:{task}", timeout=ttl, blocking=False)
-    if not lock.acquire():
-        raise RetrainBusy(f"a {task} retrain is already running")
+
+def _lock_key(task: str) -> int:
+    """A signed 64-bit advisory-lock key for the task, from a hash of a name that no other
+    application would use."""
+    digest = hashlib.sha256(f"reviews:retrain:{task}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def _advisory_lock(url: str, task: str):
+    """PostgreSQL: a session-level advisory lock on a connection of its own, kept for the whole
+    retrain. Not a transaction-level one: the retrain's own sessions commit many times, and a
+    transaction left open for hours would hold back vacuum. The server frees a session lock when its
+    connection ends, so a killed trainer never leaves it behind."""
+    from .db import get_engine
+
+    key = _lock_key(task)
+    # AUTOCOMMIT: the lock belongs to the session, and the connection does not sit idle in a transaction.
+    conn = get_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
-        yield
-    finally:
+        if not conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+            raise RetrainBusy(f"a {task} retrain is already running")
         try:
+            yield
+        finally:
+            try:
+                if not conn.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": key}):
+                    log.warning("the %s retrain lock was lost while training", task)
+            except Exception:  # the connection broke: its lock went with it; never pool it again
+                log.warning("the %s retrain lock's connection broke while training", task)
+                conn.invalidate()
+    finally:
+        conn.close()
+
+
+_process_locks: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def _file_lock(url: str, task: str):
+    """SQLite: every process that writes the database is on this machine, so an exclusive flock on a
+    file next to the database file. flock belongs to the open file, not the process: two threads that
+    open it separately exclude each other too, and the kernel drops it when the process dies."""
+    import fcntl
+
+    database = make_url(url).database
+    if not database or database == ":memory:":  # a database no other process can see
+        lock = _process_locks.setdefault(task, threading.Lock())
+        if not lock.acquire(blocking=False):
+            raise RetrainBusy(f"a {task} retrain is already running")
+        try:
+            yield
+        finally:
             lock.release()
-        except redis.exceptions.LockError:  # expired while training: someone else may hold it now
-            log.warning("the %s retrain lock expired before the retrain ended", task)
+        return
+    path = Path(database)
+    lock_path = path.with_name(f"{path.name}.retrain-{task}.lock")
+    with open(lock_path, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RetrainBusy(f"a {task} retrain is already running") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 @dataclass
@@ -119,7 +188,7 @@ def fine_tune(task: str, active_source: str, train: list[Label], heldout: list[L
 
     from .nlp.ner import load_ner
     from .nlp.sentiment import load_sentiment
-    from .nlp.types import SENTIMENT_LABELS
+    from .nlp.types import NER_TAGS, SENTIMENT_LABELS
     from .training import evaluate
     from .training.build import save_half
     from .training.data import SentimentExample
@@ -131,12 +200,19 @@ def fine_tune(task: str, active_source: str, train: list[Label], heldout: list[L
     teacher = head.from_pretrained(active_source, dtype=torch.float32, use_safetensors=True) if alpha < 1 else None
     config = TrainConfig(epochs=epochs, lr=lr, alpha=alpha, temperature=temperature, device=settings.device,
                          max_length=min(256, student.config.max_position_embeddings), log_every=20)
+    # Class ids as the model orders them: an imported model may put positive first. A model whose
+    # classes were merged or skipped at import cannot be trained on our labels one class each.
+    classes = [student.config.id2label[i] for i in range(student.config.num_labels)]
+    if sorted(classes) != sorted(SENTIMENT_LABELS if task == "sentiment" else NER_TAGS):
+        raise RetrainRefused(f"the active {task} version's classes are {classes}: retraining needs exactly "
+                             f"{', '.join(SENTIMENT_LABELS if task == 'sentiment' else NER_TAGS)}, one class each")
+    class_id = {name: i for i, name in enumerate(classes)}
     if task == "sentiment":
-        examples = [SentimentExample(lb.text, SENTIMENT_LABELS.index(lb.sentiment)) for lb in train]
+        examples = [SentimentExample(lb.text, class_id[lb.sentiment]) for lb in train]
         stats = train_sentiment(student, tokenizer, examples, config, teacher, progress)
     else:
         items = encode_ner_spans(tokenizer, [(lb.text, [(e["start"], e["end"], e["label"]) for e in lb.entities])
-                                             for lb in train], config)
+                                             for lb in train], config, class_id)
         stats = train_ner(student, tokenizer, items, config, teacher, progress)
     save_half(student, tokenizer, out_dir)
     options = settings.engine_options()  # the gate measures what serving runs
@@ -190,7 +266,10 @@ def _retrain_locked(settings, sessions, task, min_new_labels, progress, **train_
     progress(f"{task}: fine-tuning version {active.version} on {len(train)} labels, {len(heldout)} held out")
     started = time.monotonic()
     staging = Path(settings.model_dir) / task / f"staging-{os.getpid()}-{int(time.time())}"
-    result = fine_tune(task, active.source, train, heldout, staging, settings, progress=progress, **train_options)
+    try:
+        result = fine_tune(task, active.source, train, heldout, staging, settings, progress=progress, **train_options)
+    except RetrainRefused as exc:
+        return RetrainOutcome(task, "skipped", str(exc))
     with sessions() as session:
         version = registry.next_version(session, task)
         final_dir = staging.with_name(str(version))
