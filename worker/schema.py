@@ -129,7 +129,8 @@ class EntityRow(Base):
     __table_args__ = (
         UniqueConstraint("review_id", "model_version_id", "start_char", "end_char", "label"),
         Index("ix_entities_label_text", "label", "text"),
-        Index("ix_entities_key", "label", "entity_key", "model_version_id"),
+        # review_id last: the drill-down from an entity to its reviews reads the index alone.
+        Index("ix_entities_key", "label", "entity_key", "model_version_id", "review_id"),
     )
 
 

@@ -72,7 +72,7 @@ def upgrade() -> None:
     _backfill(bind)
     with op.batch_alter_table("entities") as batch:
         batch.alter_column("entity_key", existing_type=sa.Text(), nullable=False)
-    op.create_index("ix_entities_key", "entities", ["label", "entity_key", "model_version_id"])
+    op.create_index("ix_entities_key", "entities", ["label", "entity_key", "model_version_id", "review_id"])
     _create_views()
 
 

@@ -1,0 +1,143 @@
+"""SQL of the sentiment and entity pages, in SQLAlchemy Core, the same on PostgreSQL and SQLite.
+
+Aggregates read only the rollups (`sentiment_daily`, `entity_daily`, kept current by the write path),
+filtered by model version first and then by day, which is what their (model_version_id, day) indexes
+serve. The drill-down is the one query on a results table, and it reads `entities` through its
+(label, entity_key, model_version_id) index. Ratios are computed in Python: integer division differs
+between the two databases.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
+
+from ..schema import EntityDaily, EntityRow, NerResult, Review, SentimentDaily, SentimentResult
+from .params import DayRange
+
+SENTIMENT_SUMS = ("reviews", "positive", "negative", "score_sum")
+ENTITY_SUMS = ("mentions", "reviews", "positive", "negative", "score_sum", "entity_score_sum")
+
+
+def _sums(table, names):
+    return [func.sum(getattr(table, n)).label(n) for n in names]
+
+
+def _in_range(table, rng: DayRange):
+    return and_(table.day >= rng.start, table.day <= rng.end)
+
+
+def with_ratios(row: dict) -> dict:
+    """Positive share, negative share and mean score of a row of sums (None where nothing counted)."""
+    n = row["reviews"] or 0
+    row["positive_share"] = row["positive"] / n if n else None
+    row["negative_share"] = row["negative"] / n if n else None
+    row["mean_score"] = row["score_sum"] / n if n else None
+    if "mentions" in row:
+        m = row["mentions"] or 0
+        row["mean_confidence"] = row["entity_score_sum"] / m if m else None
+    return row
+
+
+def sentiment_bounds(session: Session, version_id: int) -> tuple[date | None, date | None]:
+    """First and last day with results of a sentiment version: two index lookups."""
+    q = select(func.min(SentimentDaily.day), func.max(SentimentDaily.day)).where(
+        SentimentDaily.model_version_id == version_id, SentimentDaily.reviews > 0)
+    lo, hi = session.execute(q).one()
+    return lo, hi
+
+
+def sentiment_by_day(session: Session, version_id: int, rng: DayRange) -> list[dict]:
+    """Reviews, positive, negative and score sum per day of one sentiment version, all products."""
+    q = (select(SentimentDaily.day, *_sums(SentimentDaily, SENTIMENT_SUMS))
+         .where(SentimentDaily.model_version_id == version_id, _in_range(SentimentDaily, rng))
+         .group_by(SentimentDaily.day).order_by(SentimentDaily.day))
+    return [with_ratios(dict(r._mapping)) for r in session.execute(q) if r.reviews]
+
+
+def totals(days: list[dict]) -> dict:
+    """The sums over a series of days (what the overview's figures show)."""
+    out = {n: sum(d[n] for d in days) for n in SENTIMENT_SUMS}
+    return with_ratios(out)
+
+
+def products(session: Session, version_id: int, rng: DayRange, limit: int, offset: int = 0) -> list[dict]:
+    """Products by number of reviews in the range (reviews without a product are product '')."""
+    reviews = func.sum(SentimentDaily.reviews)
+    q = (select(SentimentDaily.product_id, *_sums(SentimentDaily, SENTIMENT_SUMS))
+         .where(SentimentDaily.model_version_id == version_id, _in_range(SentimentDaily, rng))
+         .group_by(SentimentDaily.product_id)
+         .having(reviews > 0)
+         .order_by(reviews.desc(), SentimentDaily.product_id)
+         .limit(limit).offset(offset))
+    return [with_ratios(dict(r._mapping)) for r in session.execute(q)]
+
+
+def product_trend(session: Session, version_id: int, rng: DayRange, product_ids: list[str]) -> dict[str, list[dict]]:
+    """Per product asked for: its days in the range, with sums and ratios."""
+    if not product_ids:
+        return {}
+    q = (select(SentimentDaily.product_id, SentimentDaily.day, *_sums(SentimentDaily, SENTIMENT_SUMS))
+         .where(SentimentDaily.model_version_id == version_id, _in_range(SentimentDaily, rng),
+                SentimentDaily.product_id.in_(product_ids))
+         .group_by(SentimentDaily.product_id, SentimentDaily.day)
+         .order_by(SentimentDaily.product_id, SentimentDaily.day))
+    out: dict[str, list[dict]] = {p: [] for p in product_ids}
+    for r in session.execute(q):
+        if r.reviews:
+            row = dict(r._mapping)
+            out[row.pop("product_id")].append(with_ratios(row))
+    return out
+
+
+def top_entities(session: Session, ner_id: int, sentiment_id: int, rng: DayRange, label: str | None,
+                 per_label: int, min_confidence: float = 0.0) -> list[dict]:
+    """The entities with the most mentions in the range, `per_label` of each label (or of `label`),
+    with the sentiment of the reviews that mention them. `min_confidence` is a display filter on
+    the mean NER confidence of an entity's mentions (the write path already dropped mentions under
+    REVIEWS_MIN_ENTITY_SCORE)."""
+    mentions = func.sum(EntityDaily.mentions)
+    where = [EntityDaily.model_version_id == ner_id, EntityDaily.sentiment_version_id == sentiment_id,
+             _in_range(EntityDaily, rng)]
+    if label:
+        where.append(EntityDaily.label == label)
+    rank = func.row_number().over(partition_by=EntityDaily.label,
+                                  order_by=(mentions.desc(), EntityDaily.entity_key)).label("rank")
+    grouped = (select(EntityDaily.label, EntityDaily.entity_key, *_sums(EntityDaily, ENTITY_SUMS), rank)
+               .where(*where).group_by(EntityDaily.label, EntityDaily.entity_key).having(mentions > 0))
+    if min_confidence > 0:
+        grouped = grouped.having(func.sum(EntityDaily.entity_score_sum) >= min_confidence * mentions)
+    sub = grouped.subquery()
+    q = select(sub).where(sub.c.rank <= per_label).order_by(sub.c.label, sub.c.rank)
+    return [with_ratios(dict(r._mapping)) for r in session.execute(q)]
+
+
+def entity_reviews(session: Session, ner_id: int, label: str, key: str, limit: int,
+                   before: int | None = None) -> list[dict]:
+    """The latest reviews (by id, newest first) in which NER version `ner_id` found the entity, each
+    with every mention of it (start, end, text, confidence). `before`: a review id, for the next page."""
+    match = [EntityRow.label == label, EntityRow.entity_key == key, EntityRow.model_version_id == ner_id]
+    ids_q = select(EntityRow.review_id).where(*match)
+    if before is not None:
+        ids_q = ids_q.where(EntityRow.review_id < before)
+    ids = list(session.scalars(ids_q.distinct().order_by(EntityRow.review_id.desc()).limit(limit)))
+    if not ids:
+        return []
+    spans: dict[int, list[dict]] = {i: [] for i in ids}
+    for e in session.execute(select(EntityRow.review_id, EntityRow.start_char, EntityRow.end_char, EntityRow.text,
+                                    EntityRow.score).where(*match, EntityRow.review_id.in_(ids))
+                             .order_by(EntityRow.review_id, EntityRow.start_char)):
+        spans[e.review_id].append({"start": e.start_char, "end": e.end_char, "text": e.text, "score": e.score})
+    rows = session.execute(select(Review.id, Review.external_id, Review.product_id, Review.created_at,
+                                  Review.ingested_at, Review.text).where(Review.id.in_(ids)))
+    by_id = {r.id: dict(r._mapping) for r in rows}
+    # The sentiment of the same analysis (the version the NER result was paired with), as the rollups count it.
+    paired = (select(SentimentResult.review_id, SentimentResult.label, SentimentResult.score)
+              .join(NerResult, (NerResult.review_id == SentimentResult.review_id)
+                    & (NerResult.sentiment_version_id == SentimentResult.model_version_id))
+              .where(NerResult.model_version_id == ner_id, NerResult.review_id.in_(ids)))
+    sentiment = {r.review_id: (r.label, r.score) for r in session.execute(paired)}
+    return [by_id[i] | {"mentions": spans[i], "sentiment": sentiment.get(i, (None, None))[0],
+                        "score": sentiment.get(i, (None, None))[1]} for i in ids if i in by_id]
