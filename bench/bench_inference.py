@@ -3,6 +3,7 @@ engine alone (sentiment, NER, both), and the full path enqueue -> Redis -> Celer
 
     python bench/bench_inference.py --reviews 256                      # random DistilBERT-base (66M)
     python bench/bench_inference.py --reviews 256 --model-size bundled # the project's default models
+    python bench/bench_inference.py --baselines-only --reviews 128     # ONNX Runtime, OpenVINO vs the engine
 
 Needs PostgreSQL on 127.0.0.1:5432 (trust auth; a database `reviews_bench` is created and dropped
 again) and Redis on 127.0.0.1:6379 (database 14 is flushed) for the end-to-end part; --no-e2e skips it.
@@ -10,9 +11,13 @@ again) and Redis on 127.0.0.1:6379 (database 14 is flushed) for the end-to-end p
 What is measured:
 - pipeline: transformers.pipeline("text-classification") in float32 (its default), batch_size 1 and
   16, truncation to 512 tokens; and pipeline("token-classification", stride=128) for NER, batch 1.
-- engine: worker.nlp as a worker runs it (precision auto: int8 sentiment and bf16 NER on CPUs with
-  VNNI and AVX-512 BF16; default options), predict() on chunks of --batch-size reviews (one queue
-  message), after a warm-up on other reviews.
+- engine: worker.nlp as a worker runs it (precision auto: measured on each model at load, or read
+  from REVIEWS_HOME's cache; default options), predict() on chunks of --batch-size reviews (one
+  queue message), after a warm-up on other reviews.
+- with --baselines (or --baselines-only): other runtimes on the same reviews and model, inside the
+  engine's windows and batches: ONNX Runtime fp32 and int8 on a fused graph, OpenVINO f32 and bf16,
+  against the engine at bf16, int8 and auto (bench/baselines.py; optional dependencies:
+  `pip install onnxruntime openvino onnx onnxscript`, rows skipped with the reason without them).
 - end to end: a real `reviews worker` subprocess (solo pool) on a fresh database; after a warm-up job
   (which also loads the models), `reviews enqueue FILE --wait`, timed from the start of the command
   to the job's finished_at in the database. Peak memory is the worker's VmHWM.
@@ -308,8 +313,17 @@ def main() -> None:
     ap.add_argument("--no-e2e", action="store_true", help="skip the Redis/Celery/PostgreSQL part")
     ap.add_argument("--no-ner-pipeline", action="store_true", help="skip the NER pipeline baseline")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--baselines", action="store_true",
+                    help="also compare ONNX Runtime and OpenVINO with the engine (bench/baselines.py)")
+    ap.add_argument("--baselines-only", action="store_true", help="only that comparison")
+    ap.add_argument("--baseline-task", choices=["sentiment", "ner"], default="sentiment")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    from bench.baselines import baselines_report
+
+    if args.baselines_only:
+        print(baselines_report(args.model_size, args.baseline_task, args.reviews, args.batch_size, args.rounds))
+        return
 
     import torch
     from transformers import AutoTokenizer
@@ -372,6 +386,9 @@ def main() -> None:
             f"in {w['ms']:.0f} ms: {'; '.join(w['kinds'])}",
         ]
     print("\n".join(lines))
+    if args.baselines:
+        print()
+        print(baselines_report(args.model_size, args.baseline_task, args.reviews, args.batch_size, args.rounds))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "rows": [{"what": n, "seconds": s, "reviews_per_s": len(texts) / s, "tokens_per_s": n_tokens / s,

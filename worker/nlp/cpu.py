@@ -1,8 +1,13 @@
 """What this CPU's matrix products are good at, read from its flags: the facts that device.py and
-int8.py both need, kept apart so that neither imports the other."""
+int8.py both need, kept apart so that neither imports the other; and how busy other processes keep
+the CPUs (precision.py does not trust timings taken meanwhile)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
+import time
 from functools import lru_cache
 
 import torch
@@ -19,6 +24,21 @@ def _cpu_flags() -> set[str]:
         return set()
 
 
+@lru_cache(maxsize=1)
+def cpu_model_name() -> str:
+    """The CPU's model name ("AMD EPYC 9R14", "Intel(R) Xeon(R) Platinum 8488C"): what a cached
+    speed measurement is valid for (precision.py)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def cpu_has_fast_bf16() -> bool:
     """AVX-512 BF16 or AMX: bf16 matmuls run several times faster than fp32 there."""
     return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
@@ -32,3 +52,37 @@ def cpu_float_precision() -> str:
 def cpu_has_vnni() -> bool:
     """int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX int8)."""
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+
+
+class Busy:
+    """What others_busy found: the share of the CPUs other processes used, or None (unknown)."""
+
+    share: float | None = None
+
+
+def cpu_seconds_busy() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), else None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        if fields[0] != "cpu":
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def others_busy():
+    """The share of this machine's CPU time that *other* processes used during the block (all CPUs'
+    busy time less this process's own), in `.share`; None where it cannot be read or the block was
+    too short to tell (the counters tick every 10 ms)."""
+    result = Busy()
+    busy0, own0, wall0 = cpu_seconds_busy(), os.times(), time.monotonic()
+    yield result
+    busy1, own1, wall = cpu_seconds_busy(), os.times(), time.monotonic() - wall0
+    if busy0 is None or busy1 is None or wall < 0.25:
+        return
+    own = (own1.user + own1.system) - (own0.user + own0.system)
+    result.share = max(0.0, (busy1 - busy0) - own) / (wall * (os.cpu_count() or 1))

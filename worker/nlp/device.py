@@ -6,7 +6,6 @@ import contextlib
 
 import torch
 
-from . import int8
 from .cpu import DTYPES, cpu_float_precision, cpu_has_fast_bf16, cpu_has_vnni  # noqa: F401  (re-exported)
 
 
@@ -19,18 +18,19 @@ def pick_device(setting: str = "auto") -> torch.device:
 
 
 def pick_precision(setting: str, device: torch.device, task: str | None = None) -> str:
-    """The precision a model runs at. "auto" on CPU: int8 for the sentiment model where the CPU has
-    int8 dot products (it agreed with fp32 on 99.5-99.7% of labels and ran 1.34-1.55x bf16 on a
-    DistilBERT-base), bf16 for NER (int8 moved 2% of entity spans), fp32 on CPUs without fast bf16.
-    `task=None` (training) never gets int8.
+    """The precision a model runs at, as far as it can be told without the model.
+
+    "auto" on CUDA: bf16 where the GPU supports it, else fp16. "auto" on CPU: the float precision
+    of the CPU's flags (bf16 with AVX-512 BF16 or AMX, else fp32). Inference models loaded with
+    "auto" on CPU are then given the precision measured fastest on them among fp32, bf16 and int8
+    (precision.choose, called by loading.load): whether int8 beats bf16 depends on more than flags
+    (it ran 1.3-1.6x bf16 on an AVX-512 EPYC with VNNI, 0.55x on a Xeon with AMX).
+    `task=None` (training) never gets int8; nor does any caller of this function.
     """
     if setting != "auto":
         return setting
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if task == "sentiment" and cpu_has_vnni():
-        if int8.available():
-            return "int8"
     return cpu_float_precision()
 
 

@@ -1,0 +1,316 @@
+"""REVIEWS_PRECISION=auto on CPU: the precision a loaded model runs at, chosen by measuring it.
+
+Which precision is fastest depends on the CPU more than its flags tell: int8 per token (int8.py) ran
+1.3-1.6x bf16 on an AVX-512 EPYC with VNNI, but 1.8x *slower* than bf16 on a Xeon with AMX, whose
+tile units run bf16 products faster than torch._int_mm runs int8. So `choose` times the engine's own
+forward (batching.Forward, as serving runs it) on the loaded model, on synthetic token ids at the
+shapes the engine batches (one batch of 1024 padded tokens of 128-token windows, one of 512-token
+windows, after a one-window warm-up), for every candidate: fp32 always (also the reference), bf16
+where the CPU has fast bf16 products (cpu.cpu_has_fast_bf16), int8 where its kernels compile here.
+
+A candidate is kept only if it agrees with fp32 on those inputs: the sentiment head's argmax on
+every window whose fp32 margin is not a near-tie, NER tags on >= 99% of the tokens that either
+precision tags as part of an entity (the tokens both call "O" would make any check pass). Of the
+kept ones, the fastest wins if it beats the flags' own choice (bf16 where it is fast, else fp32) by
+more than 5%; within that, the flags' choice stays. Timings taken while other processes keep over a
+quarter of the CPUs busy say little: then the flags' choice is used for this run, and not cached.
+
+The choice is cached in REVIEWS_HOME/cache/precision.json, keyed by the CPU model name, torch
+version, torch threads, task and the model's shape (type, hidden size, layers, heads, intermediate
+size), so later starts of the same model shape on the same kind of machine pay nothing. A missing,
+corrupt or unreadable cache is ignored (and rewritten where it can be); a lock file makes processes
+that start together measure one at a time, so the second reads the first one's result.
+
+On CUDA there is nothing to measure: bf16 where the GPU supports it, else fp16 (device.pick_precision).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import batching, int8
+from .cpu import cpu_float_precision, cpu_has_fast_bf16, cpu_model_name, others_busy
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+LENGTHS = (128, 512)  # window lengths timed: a typical review, and the longest window
+# Padded tokens in each timed batch: half the CPU token budget (batching.default_token_budget, 2048).
+# Per token, 1024-token batches ran within noise of 2048-token ones at bf16 and int8 alike
+# (bench/RESULTS.md, bench_variants), and half the tokens is half the cost of measuring.
+TOKENS_PER_BATCH = 1024
+# The agreement check on synthetic ids (see `agreement`): fp32's top two probabilities closer than
+# NEAR_TIE are a tie that does not count; of the rest, a candidate must agree on MIN_AGREEMENT.
+# On the bundled models these reproduce the verdicts measured on 1,024 real reviews (RESULTS.md):
+# sentiment int8 99.71% of labels (kept), NER bf16 99.65% of entity spans (kept), NER int8 97.7-98.2%
+# (rejected: here 97.5-98.1% of decided entity tokens; bf16 100%).
+NEAR_TIE = {"sentiment": 0.1, "ner": 0.05}
+MIN_AGREEMENT = {"sentiment": 1.0, "ner": 0.99}
+PREFER_WITHIN = 0.05  # another candidate must beat the default by this much to be picked (timing noise)
+MAX_OTHERS_BUSY = 0.25  # share of the machine other processes may use while timing, for the result to be cached
+
+
+@dataclass
+class Trial:
+    precision: str
+    seconds: float  # the timed batches, summed
+    agreement: float  # with fp32 on the same inputs (1.0 for fp32 itself)
+    passed: bool
+
+
+def candidates(task: str | None) -> list[str]:
+    """The precisions `auto` may pick on CPU for `task`. Training (task None) never gets int8."""
+    out = ["fp32"]
+    if cpu_has_fast_bf16():
+        out.append("bf16")
+    if task is not None and int8.available():
+        out.append("int8")
+    return out
+
+
+# -- the cache --------------------------------------------------------------------------------------
+
+
+def cache_path() -> Path:
+    from ..config import home_dir
+
+    return home_dir() / "cache" / "precision.json"
+
+
+def model_shape(model) -> dict:
+    """What the speed of a forward depends on, read from the model's config (DistilBERT's names,
+    else BERT-style names)."""
+    c = model.config
+
+    def first(*names):
+        return next((getattr(c, n) for n in names if getattr(c, n, None) is not None), None)
+
+    return {"type": getattr(c, "model_type", type(model).__name__), "hidden": first("dim", "hidden_size"),
+            "layers": first("n_layers", "num_hidden_layers"), "heads": first("n_heads", "num_attention_heads"),
+            "intermediate": first("hidden_dim", "intermediate_size")}
+
+
+def cache_key(model, task: str) -> str:
+    s = model_shape(model)
+    return (f"cpu={cpu_model_name()} | torch={torch.__version__} | threads={torch.get_num_threads()} | "
+            f"task={task} | {s['type']} hidden={s['hidden']} layers={s['layers']} heads={s['heads']} "
+            f"intermediate={s['intermediate']}")
+
+
+def read_cache(path: Path) -> dict:
+    """The cache's entries by key; {} for a missing, unreadable or malformed file (never an error)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        log.warning("precision cache %s unreadable (%s: %s); measuring again", path, type(exc).__name__, exc)
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
+        log.warning("precision cache %s has an unknown layout; measuring again", path)
+        return {}
+    return {k: v for k, v in data["entries"].items() if isinstance(v, dict) and isinstance(v.get("precision"), str)}
+
+
+def write_cache(path: Path, key: str, entry: dict) -> None:
+    """Add one entry, keeping the others; written to a temporary file and renamed, so a reader never
+    sees half a file. A failure to write is logged, not raised: the choice still holds for this run."""
+    try:
+        entries = read_cache(path)
+        entries[key] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".precision-", suffix=".json", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"version": CACHE_VERSION, "entries": entries}, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        log.warning("cannot write the precision cache %s (%s); the next start measures again", path, exc)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock beside the cache for the read-measure-write, where the OS has one; without
+    it (no fcntl, unwritable directory) processes simply may measure twice."""
+    lock = None
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    except (ImportError, OSError):
+        pass
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # closing releases the lock
+
+
+def _usable(precision: str) -> bool:
+    """A cached pick that this process can still run (a CPU flag masked by a new VM, no compiler)."""
+    checks = {"fp32": lambda: True, "bf16": cpu_has_fast_bf16, "int8": int8.available}
+    return precision in checks and checks[precision]()
+
+
+# -- choosing ---------------------------------------------------------------------------------------
+
+
+def choose(model, tokenizer, device: torch.device, task: str) -> str:
+    """The precision `auto` gives this loaded model for `task` on `device`: cached, or measured now."""
+    if device.type != "cpu":
+        from .device import pick_precision
+
+        return pick_precision("auto", device, task)
+    path, key = cache_path(), cache_key(model, task)
+    with _locked(path):
+        cached = read_cache(path).get(key)
+        if cached is not None and _usable(cached["precision"]):
+            log.info("precision for %s: %s (measured %s, cached in %s)", task, cached["precision"],
+                     cached.get("date", "earlier"), path)
+            return cached["precision"]
+        tried = candidates(task)  # compiles the int8 kernels on first use: not part of the timing
+        started = time.perf_counter()
+        with others_busy() as busy:
+            trials = measure(model, tokenizer, device, task, tried)
+        cost = time.perf_counter() - started
+        quiet = busy.share is None or busy.share <= MAX_OTHERS_BUSY
+        pick = fastest(trials, default=cpu_float_precision(), timings_usable=quiet)
+        log.info("precision for %s: %s, measured in %.1f s: %s", task, pick, cost, "; ".join(
+            f"{t.precision} {1000 * t.seconds:.0f} ms, agreement {100 * t.agreement:.1f}%"
+            + ("" if t.passed else " (rejected)") for t in trials))
+        if not quiet:
+            log.warning("precision for %s: other processes used %.0f%% of the CPUs while it was measured, so "
+                        "the timings say little: %s for this run (the flags' choice where it passed), not "
+                        "cached; the next start measures again", task, 100 * busy.share, pick)
+            return pick
+        write_cache(path, key, {
+            "precision": pick, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "measure_s": round(cost, 2), "others_busy": None if busy.share is None else round(busy.share, 3),
+            "trials": [asdict(t) for t in trials],
+        })
+    return pick
+
+
+def fastest(trials: list[Trial], default: str | None = None, timings_usable: bool = True) -> str:
+    """The pick among the candidates that passed the agreement check: `default` (the float precision
+    of the CPU's flags, cpu_float_precision) unless another is faster by more than PREFER_WITHIN,
+    a lead that timing noise on a shared machine does not produce. Without usable timings (the
+    machine was busy), the default if it passed. Nothing passed (fp32 always does): fp32."""
+    passed = {t.precision: t for t in trials if t.passed}
+    if not passed:
+        return "fp32"
+    best = min(passed.values(), key=lambda t: t.seconds)
+    if default not in passed:
+        return best.precision
+    if not timings_usable or passed[default].seconds <= best.seconds * (1 + PREFER_WITHIN):
+        return default
+    return best.precision
+
+
+def synthetic_batches(tokenizer, vocab_size: int, max_positions: int, token_budget: int,
+                      lengths: tuple[int, ...] = LENGTHS, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One batch per window length, shaped as token_budget_batches shapes real ones: as many rows as
+    the budget allows, [CLS] ids [SEP], the last rows a little shorter (so the padding mask is on, as
+    in a length-sorted batch of real windows). Ids are drawn from the vocabulary, specials excluded."""
+    gen = torch.Generator().manual_seed(seed)
+    special = set(tokenizer.all_special_ids)
+    ordinary = torch.tensor([i for i in range(vocab_size) if i not in special])
+    cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0
+    out = []
+    for length in sorted({min(n, max_positions) for n in lengths}):
+        rows = max(1, token_budget // length)
+        ids = torch.full((rows, length), pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, length), dtype=torch.long)
+        for r in range(rows):
+            n = length - (r * 3 if r >= rows // 2 else 0)  # half full, half up to a few tokens shorter
+            n = max(3, n)
+            ids[r, 0], ids[r, 1:n - 1], ids[r, n - 1] = cls_id, ordinary[torch.randint(len(ordinary), (n - 2,),
+                                                                                      generator=gen)], sep_id
+            mask[r, :n] = 1
+        out.append((ids, mask))
+    return out
+
+
+def agreement(task: str, got: list[torch.Tensor], ref: list[torch.Tensor], masks: list[torch.Tensor],
+              outside: int = 0) -> float:
+    """How well a candidate's logits agree with fp32's on the same batches: the share of the windows
+    (sentiment) or of the entity tokens (NER: tagged other than `outside` by either) where both pick
+    the same class, counting only those that fp32 decides (its top two probabilities at least
+    NEAR_TIE[task] apart). Random ids put far more windows and tokens in that near-tie band than
+    text does, and there any rounding flips the class; where fp32 decides nothing, all count."""
+    if task == "ner":
+        keep = [m.bool() for m in masks]
+        g = torch.cat([x[k] for x, k in zip(got, keep)])
+        r = torch.cat([x[k] for x, k in zip(ref, keep)])
+    else:
+        g, r = torch.cat(got), torch.cat(ref)
+    if r.numel() == 0:
+        return 1.0
+    counted = torch.ones(len(r), dtype=torch.bool)
+    if r.shape[-1] > 1:
+        top2 = r.float().softmax(-1).topk(2, dim=-1).values
+        decided = top2[:, 0] - top2[:, 1] >= NEAR_TIE[task]
+        if bool(decided.any()):
+            counted = decided
+    gt, rt = g.argmax(-1), r.argmax(-1)
+    if task == "ner":
+        entity = counted & ((gt != outside) | (rt != outside))
+        if bool(entity.any()):  # the tokens both call "O" would make any check pass
+            counted = entity
+    return float((gt == rt)[counted].float().mean())
+
+
+def measure(model, tokenizer, device: torch.device, task: str, precisions: list[str],
+            token_budget: int = 0) -> list[Trial]:
+    """Time each precision's engine forward on the same synthetic batches, interleaved (every batch
+    runs through every precision before the next batch, in a rotating order, so that a noisy,
+    shared machine slows all alike), after one short warm-up each; and check each against fp32.
+    `model` (float32) is left as it was: bf16 and int8 run on copies."""
+    per_token = task == "ner"
+    budget = token_budget or min(TOKENS_PER_BATCH, batching.default_token_budget(device))
+    batches = synthetic_batches(tokenizer, model.config.vocab_size, model.config.max_position_embeddings, budget)
+    if "fp32" not in precisions:
+        precisions = ["fp32", *precisions]
+    forwards = {p: batching.Forward(model if p == "fp32" else copy.deepcopy(model), device, p, per_token)
+                for p in precisions}
+    seconds = dict.fromkeys(precisions, 0.0)
+    outputs: dict[str, list[torch.Tensor]] = {p: [] for p in precisions}
+    with torch.inference_mode():
+        warm_ids, warm_mask = batches[0][0][:1], batches[0][1][:1]
+        for p, fwd in forwards.items():
+            with fwd.context():
+                fwd(warm_ids.to(device), warm_mask.to(device))
+        for k, (ids, mask) in enumerate(batches):
+            order = precisions[k % len(precisions):] + precisions[:k % len(precisions)]
+            for p in order:
+                fwd = forwards[p]
+                with fwd.context():
+                    started = time.perf_counter()
+                    logits = fwd(ids.to(device), mask.to(device)).float().cpu()
+                    seconds[p] += time.perf_counter() - started
+                outputs[p].append(logits)
+    del forwards
+    masks = [m for _, m in batches]
+    outside = (getattr(model.config, "label2id", None) or {}).get("O", 0)
+    trials = []
+    for p in precisions:
+        value = 1.0 if p == "fp32" else agreement(task, outputs[p], outputs["fp32"], masks, outside)
+        trials.append(Trial(p, seconds[p], value, value >= MIN_AGREEMENT[task]))
+    return trials
