@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
@@ -59,7 +60,15 @@ os.register_at_fork(after_in_child=_forget_inherited_connections)
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")  # readers (status, dashboards) don't block the writer
+    # WAL: readers (status, dashboards) don't block the writer. The mode is stored in the file, so only
+    # the first connection ever needs to set it; setting it takes an exclusive lock and fails at once,
+    # without waiting, while another process holds one (a migration, say), which has set it already.
+    try:
+        if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            cur.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
