@@ -331,3 +331,22 @@ class Proxy:
 
     def restore(self) -> None:
         self.up.set()
+
+
+def poison_ner(monkeypatch) -> None:
+    """The NER engine raises on any batch holding the word POISON, as a real bug on one input would."""
+    from worker.nlp.ner import NerModel
+
+    real = NerModel.predict
+
+    def predict(self, texts):
+        if any("POISON" in t for t in texts):
+            raise RuntimeError("engine failed on this input")
+        return real(self, texts)
+
+    monkeypatch.setattr(NerModel, "predict", predict)
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    poison_ner(monkeypatch)

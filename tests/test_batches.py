@@ -11,7 +11,6 @@ from cli.main import main
 from conftest import make_settings, settings_env, write_jsonl
 from worker import batches, ingest, jobs
 from worker.db import insert
-from worker.nlp.ner import NerModel
 from worker.resources import Resources
 from worker.schema import JobReview, NerResult, Review, SentimentResult
 
@@ -25,19 +24,6 @@ def test_backoff_doubles_is_capped_and_jittered():
             assert ceiling / 2 <= w <= ceiling
     assert len({series[3] for series in waits}) > 40  # a fleet does not retry in lockstep
     assert batches.backoff(10_000, 2.0) <= 60.0  # no overflow on absurd attempt counts
-
-
-@pytest.fixture
-def poisoned(monkeypatch):
-    """The NER engine raises on any batch holding the word POISON, as a real bug on one input would."""
-    real = NerModel.predict
-
-    def predict(self, texts):
-        if any("POISON" in t for t in texts):
-            raise RuntimeError("engine failed on this input")
-        return real(self, texts)
-
-    monkeypatch.setattr(NerModel, "predict", predict)
 
 
 def test_a_failing_review_is_isolated_after_the_retries(migrated_sqlite, tiny_models, tmp_path, poisoned):

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from cli.main import main
-from conftest import make_settings, settings_env, write_jsonl
+from conftest import make_settings, poison_ner, settings_env, write_jsonl
 from worker.dashboard.highlight import highlight
 
 NAMES = ["John Smith", "Mary", "Paris", "London", "New York", "Warner Bros", "Disney", "America", "Oscar"]
@@ -57,16 +57,8 @@ def fill(url: str, tiny_models, tmp_path, monkeypatch) -> dict:
     gate metrics."""
     from worker import migrate, registry
     from worker.db import session_factory
-    from worker.nlp.ner import NerModel
 
-    real = NerModel.predict
-
-    def predict(self, texts):
-        if any("POISON" in t for t in texts):
-            raise RuntimeError("engine failed on this input")
-        return real(self, texts)
-
-    monkeypatch.setattr(NerModel, "predict", predict)
+    poison_ner(monkeypatch)
     # A random tiny sentiment model calls everything positive; negative words flip the result (its
     # probabilities kept) so that every page has both labels to count.
     from worker.nlp.sentiment import SentimentModel

@@ -18,23 +18,9 @@ from click.testing import CliRunner
 from cli.main import main
 from conftest import make_settings, running_worker, settings_env, wait_for_job, write_jsonl
 from worker import batches, ingest, logs
-from worker.nlp.ner import NerModel
 from worker.resources import Resources
 
 ROWS = [{"id": f"g{i}", "text": f"good review {i}"} for i in range(7)] + [{"id": "bad", "text": "POISON"}]
-
-
-@pytest.fixture
-def poisoned(monkeypatch):
-    """The NER engine raises on any batch holding the word POISON (as in tests/test_batches.py)."""
-    real = NerModel.predict
-
-    def predict(self, texts):
-        if any("POISON" in t for t in texts):
-            raise RuntimeError("engine failed on this input")
-        return real(self, texts)
-
-    monkeypatch.setattr(NerModel, "predict", predict)
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from cli.main import main
 from conftest import make_settings, running_worker, settings_env, wait_for_job, write_jsonl
 from worker import batches, metrics, registry
 from worker.app import create_app
-from worker.nlp.ner import NerModel
 from worker.resources import Resources
 
 
@@ -147,19 +146,6 @@ def test_prefork_children_counts_add_up(migrated_pg, redis_url, tiny_models, tmp
     done = [r for r in records if r.get("job_id") == job and "succeeded" in r["message"]]
     per_child = {pid: sum(r["pid"] == pid for r in done) for pid in {r["pid"] for r in done}}
     assert len(per_child) == 2 and sum(per_child.values()) == 24, per_child
-
-
-@pytest.fixture
-def poisoned(monkeypatch):
-    """The NER engine raises on any batch holding the word POISON (as in tests/test_batches.py)."""
-    real = NerModel.predict
-
-    def predict(self, texts):
-        if any("POISON" in t for t in texts):
-            raise RuntimeError("engine failed on this input")
-        return real(self, texts)
-
-    monkeypatch.setattr(NerModel, "predict", predict)
 
 
 @pytest.mark.postgres
