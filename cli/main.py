@@ -1,5 +1,6 @@
 """The `reviews` command line: the group, its global flags, and the commands by noun (cli/ingest.py,
-cli/jobs.py, cli/models.py, cli/labels.py, cli/ops.py, cli/evaluate.py, cli/dashboard.py). Commands parse, call the
+cli/jobs.py, cli/models.py, cli/labels.py, cli/ops.py, cli/evaluate.py,
+cli/distill.py, cli/dashboard.py). Commands parse, call the
 worker package, and print; the logic lives there."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import click
 
 from worker.config import Settings, SettingsError
 
-from . import dashboard, evaluate, ingest, jobs, labels, models, ops
+from . import dashboard, distill, evaluate, ingest, jobs, labels, models, ops
 from .helpers import Context
 
 
@@ -27,7 +28,7 @@ def main(ctx: click.Context, database_url: str | None, broker_url: str | None) -
 
 
 for command in (ingest.enqueue, ingest.run, jobs.status, jobs.list_jobs, jobs.export, jobs.resume, jobs.reprocess,
-                labels.label, models.models, models.retrain, ops.db, ops.worker, ops.beat, evaluate.evaluate,
+                labels.label, models.models, models.retrain, distill.distill, ops.db, ops.worker, ops.beat, evaluate.evaluate,
                 dashboard.dashboard):
     main.add_command(command)
 

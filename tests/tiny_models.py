@@ -27,6 +27,7 @@ def _vocab() -> list[str]:
     pieces += list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-:;()/<>&")
     pieces += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     pieces += WORDS
+    pieces += ["[unused1]", "[unused2]"]  # reserved, as in BERT's vocabulary: case markers (worker/nlp/casing.py)
     return list(dict.fromkeys(pieces))
 
 

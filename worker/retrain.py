@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
 from typing import Callable
@@ -23,26 +22,14 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import registry
+from . import gate, registry
 from .config import Settings
+from .gate import RetrainOutcome
 from .schema import Label
 
 log = logging.getLogger(__name__)
 
 HELDOUT_PERCENT = 20  # labels whose key hashes into this bucket are never trained on
-
-
-@dataclass
-class RetrainOutcome:
-    task: str
-    status: str  # promoted | rejected | skipped
-    reason: str
-    version: int | None = None
-    metrics: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {"task": self.task, "status": self.status, "reason": self.reason, "version": self.version,
-                "metrics": self.metrics}
 
 
 class RetrainRefused(ValueError):
@@ -186,10 +173,8 @@ def fine_tune(task: str, active_source: str, train: list[Label], heldout: list[L
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
-    from .nlp.ner import load_ner
-    from .nlp.sentiment import load_sentiment
+    from .nlp import casing
     from .nlp.types import NER_TAGS, SENTIMENT_LABELS
-    from .training import evaluate
     from .training.build import save_half
     from .training.data import SentimentExample
     from .training.train import TrainConfig, encode_ner_spans, train_ner, train_sentiment
@@ -212,21 +197,12 @@ def fine_tune(task: str, active_source: str, train: list[Label], heldout: list[L
         stats = train_sentiment(student, tokenizer, examples, config, teacher, progress)
     else:
         items = encode_ner_spans(tokenizer, [(lb.text, [(e["start"], e["end"], e["label"]) for e in lb.entities])
-                                             for lb in train], config, class_id)
+                                             for lb in train], config, class_id,
+                                 casing.for_model(student.config, tokenizer))
         stats = train_ner(student, tokenizer, items, config, teacher, progress)
     save_half(student, tokenizer, out_dir)
-    options = settings.engine_options()  # the gate measures what serving runs
-    if task == "sentiment":
-        gold = [SentimentExample(lb.text, SENTIMENT_LABELS.index(lb.sentiment)) for lb in heldout]
-        measure = lambda src: evaluate.evaluate_sentiment(load_sentiment(src, options), gold)  # noqa: E731
-    else:
-        texts = [lb.text for lb in heldout]
-        gold_spans = [{(e["start"], e["end"], e["label"]) for e in lb.entities} for lb in heldout]
-
-        def measure(src: str) -> dict:
-            predicted = [{(e.start, e.end, e.label) for e in ents} for ents in load_ner(src, options).predict(texts)]
-            return evaluate.ner_metrics(gold_spans, predicted)
-    return FineTuned(measure(str(out_dir)), measure(active_source), stats)
+    return FineTuned(gate.measure(task, str(out_dir), heldout, settings),
+                     gate.measure(task, active_source, heldout, settings), stats)
 
 
 def retrain(
@@ -270,31 +246,8 @@ def _retrain_locked(settings, sessions, task, min_new_labels, progress, **train_
         result = fine_tune(task, active.source, train, heldout, staging, settings, progress=progress, **train_options)
     except RetrainRefused as exc:
         return RetrainOutcome(task, "skipped", str(exc))
-    with sessions() as session:
-        version = registry.next_version(session, task)
-        final_dir = staging.with_name(str(version))
-        if final_dir.exists():
-            shutil.rmtree(final_dir)  # left by a retrain that died before registering it
-        staging.rename(final_dir)
-        key = "accuracy" if task == "sentiment" else "f1"
-        cand, act = result.candidate_metrics[key], result.active_metrics[key]
-        tolerance = settings.promote_tolerance
-        metrics = {"candidate": result.candidate_metrics, "active": result.active_metrics, "gate_metric": key,
-                   "train_seconds": round(time.monotonic() - started, 1),
-                   "train_options": {k: v for k, v in train_options.items()}}
-        mv = registry.register(session, task, str(final_dir), "candidate", parent_id=active.id,
-                               train_counts={"train": len(train), "heldout": len(heldout), "new": new,
-                                             "labels_until": max(_stamp(lb.created_at) for lb in labels)},
-                               metrics=metrics)
-        if cand >= act - tolerance:
-            registry.promote(session, task, mv.version,
-                             note=f"{key} {cand:.4f} vs active {act:.4f} on {len(heldout)} held-out labels")
-            status = "promoted"
-        else:
-            mv.status = "rejected"
-            mv.note = (f"{key} {cand:.4f} is worse than active {act:.4f} on {len(heldout)} held-out labels "
-                       f"by more than the tolerance {tolerance}")
-            status = "rejected"
-        session.commit()
-        progress(f"{task}: version {mv.version} {status}: {mv.note}")
-        return RetrainOutcome(task, status, mv.note, mv.version, metrics)
+    return gate.register_and_gate(
+        settings, sessions, task, staging, active.id, result.candidate_metrics, result.active_metrics, len(heldout),
+        {"train": len(train), "heldout": len(heldout), "new": new,
+         "labels_until": max(_stamp(lb.created_at) for lb in labels)},
+        {"train_seconds": round(time.monotonic() - started, 1), "train_options": dict(train_options)}, progress)

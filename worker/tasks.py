@@ -71,6 +71,19 @@ def register(app: Celery, ctx: WorkerContext) -> None:
         res = ctx.resources
         return retraining.retrain(res.settings, res.sessions, task, min_new_labels, **train_options).as_dict()
 
+    @app.task(name="reviews.distill", ignore_result=False, shared=False)
+    def distill(request: dict) -> dict:
+        """Runs on a trainer (queue 'training'): `reviews distill` without --local."""
+        from . import distill as distillation
+        from .nlp.types import ModelLoadError
+
+        res = ctx.resources
+        req = distillation.DistillRequest(**request)
+        try:
+            return distillation.distill(res.settings, res.sessions, req).as_dict()
+        except (distillation.DistillError, ModelLoadError) as exc:  # a request that cannot run: said, not retried
+            return distillation.RetrainOutcome(req.task, "failed", str(exc)).as_dict()
+
     @app.task(name="reviews.scheduled_retrain", shared=False)
     def scheduled_retrain() -> list[dict]:
         """The beat schedule's entry: retrain each task that has enough labels no version trained on."""

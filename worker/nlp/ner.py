@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import torch
 
-from . import batching, labels, loading
+from . import batching, casing, labels, loading
 from .bio import bio_spans
 from .options import EngineOptions
 from .sentiment import fit_options
-from .types import Entity
+from .types import Entity, ModelLoadError
 
 
 class NerModel:
@@ -24,13 +24,37 @@ class NerModel:
         vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         # WordPiece marks word-internal pieces with "##"; the tag of a word is read at its first piece.
         self.continues_word = [t is not None and t.startswith("##") for t in vocab]
+        try:
+            self.casing = casing.for_model(model.config, tokenizer)
+        except ValueError as exc:
+            raise ModelLoadError(f"ner model: {exc}") from None
+        self.markers = self.casing.ids if self.casing else frozenset()
 
     def predict(self, texts: list[str]) -> list[list[Entity]]:
+        out = []
+        for text, (words, probs) in zip(texts, self._word_probabilities(texts)):
+            score, tag_ids = probs.max(dim=-1)
+            out.append(decode_bio(text, words, [self.tags[i] for i in tag_ids.tolist()], score.tolist()))
+        return out
+
+    def word_probabilities(self, texts: list[str]) -> list[tuple[list[tuple[int, int]], torch.Tensor]]:
+        """For each text, the character span of each word and its tag probabilities ([words, tags],
+        columns in self.tags' order): a teacher's soft targets, aligned to any student by characters."""
+        out = []
+        for words, probs in self._word_probabilities(texts):
+            firsts = [first for first, _, _ in words]
+            out.append(([(s, e) for _, s, e in words], probs[firsts] if firsts else probs[:0]))
+        return out
+
+    def _word_probabilities(self, texts: list[str]):
+        """Per text: its words (first token index, char start, char end) and every token's tag probabilities."""
         if not texts:
             return []
         opts = self.options
         texts = [t[: opts.max_chars] for t in texts]
         encoded = batching.encode(self.tokenizer, texts)
+        if self.casing is not None:
+            encoded = [self._mark(text, enc) for text, enc in zip(texts, encoded)]
         windows = batching.make_windows(encoded, opts.max_length, opts.stride)
         logits = batching.run_model(
             self.forward, self.tokenizer, windows, opts.token_budget, per_token=True
@@ -38,16 +62,19 @@ class NerModel:
         per_text: list[list[tuple[int, torch.Tensor]]] = [[] for _ in texts]
         for w, rows in zip(windows, logits):
             per_text[w.text_index].append((w.start, rows))
-        return [self._entities(text, enc, parts) for text, enc, parts in zip(texts, encoded, per_text)]
+        out = []
+        for enc, parts in zip(encoded, per_text):
+            if not enc.ids:
+                out.append(([], torch.zeros(0, len(self.tags))))
+            else:
+                out.append((word_spans(enc, self.continues_word, self.markers),
+                            stitch(len(enc.ids), parts).float().softmax(dim=-1)))
+        return out
 
-    def _entities(self, text: str, enc: batching.Encoded, parts) -> list[Entity]:
-        n = len(enc.ids)
-        if n == 0:
-            return []
-        probs = stitch(n, parts).softmax(dim=-1)
-        score, tag_ids = probs.max(dim=-1)
-        words = word_spans(enc, self.continues_word)
-        return decode_bio(text, words, [self.tags[i] for i in tag_ids.tolist()], score.tolist())
+    def _mark(self, text: str, enc: batching.Encoded) -> batching.Encoded:
+        ids, offsets, _ = self.casing.mark(text, enc.ids, enc.offsets,
+                                           [not self.continues_word[t] for t in enc.ids])
+        return batching.Encoded(ids, offsets)
 
 
 def stitch(n_tokens: int, parts: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
@@ -62,10 +89,13 @@ def stitch(n_tokens: int, parts: list[tuple[int, torch.Tensor]]) -> torch.Tensor
     return out
 
 
-def word_spans(enc: batching.Encoded, continues_word: list[bool]) -> list[tuple[int, int, int]]:
-    """(first token index, char start, char end) of each word."""
+def word_spans(enc: batching.Encoded, continues_word: list[bool], markers: frozenset[int] = frozenset()
+               ) -> list[tuple[int, int, int]]:
+    """(first token index, char start, char end) of each word; case markers are no words."""
     words: list[tuple[int, int, int]] = []
     for i, (tok, (s, e)) in enumerate(zip(enc.ids, enc.offsets)):
+        if tok in markers:
+            continue
         if words and continues_word[tok]:
             first, ws, _ = words[-1]
             words[-1] = (first, ws, e)

@@ -29,6 +29,16 @@ class SentimentModel:
     def predict(self, texts: list[str]) -> list[Sentiment]:
         if not texts:
             return []
+        out = []
+        for p in self.probabilities(texts).tolist():
+            best = max(range(len(p)), key=p.__getitem__)
+            out.append(Sentiment(label=self.labels[best], probability=p[best], score=p[self.pos] - p[self.neg]))
+        return out
+
+    def probabilities(self, texts: list[str]) -> torch.Tensor:
+        """[len(texts), classes] probabilities, columns in self.labels' order; a teacher's soft targets."""
+        if not texts:
+            return torch.zeros(0, len(self.labels))
         opts = self.options
         encoded = batching.encode(self.tokenizer, [t[: opts.max_chars] for t in texts])
         windows = batching.make_windows(encoded, opts.max_length, opts.stride)
@@ -39,12 +49,7 @@ class SentimentModel:
         for w, row in zip(windows, logits):
             per_text[w.text_index].append((w, row))
         combined = [combine_windows(parts, len(enc.ids), opts.window_rule) for parts, enc in zip(per_text, encoded)]
-        probs = torch.softmax(torch.stack(combined), dim=-1)
-        out = []
-        for p in probs.tolist():
-            best = max(range(len(p)), key=p.__getitem__)
-            out.append(Sentiment(label=self.labels[best], probability=p[best], score=p[self.pos] - p[self.neg]))
-        return out
+        return torch.softmax(torch.stack(combined).float(), dim=-1)
 
 
 def fit_options(options: EngineOptions, model, device) -> EngineOptions:

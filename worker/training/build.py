@@ -15,12 +15,12 @@ import json
 import platform
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from transformers import DistilBertForSequenceClassification, DistilBertForTokenClassification
 
+from ..nlp import casing
 from ..nlp.types import NER_TAGS, SENTIMENT_LABELS
 from . import data, evaluate
 from .convert import distilbert_config, load_base
@@ -40,6 +40,9 @@ def _with_base(head_cls, labels):
 
 
 def save_half(model, tokenizer, out: Path) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a retrain's or distillation's log is no place for shard progress bars
     out.mkdir(parents=True, exist_ok=True)
     model.half().save_pretrained(out, safe_serialization=True)
     model.float()
@@ -51,14 +54,17 @@ def build_sentiment(args) -> dict:
     sst2 = data.read_glue_tsv(d / "sst2" / "train.tsv")
     imdb_train, _ = data.imdb_split(d / "imdb" / "train.jsonl.gz")
     imdb_train = imdb_train[: args.imdb_train]
-    examples = sst2 + imdb_train
+    # SST-2 sentences are short: seeing them several times costs little next to one pass over the
+    # long IMDb reviews, so they can get more epochs than IMDb inside one schedule.
+    examples = sst2 * args.sst2_repeat + imdb_train
     random.Random(0).shuffle(examples)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, max_length=args.max_length, head_tokens=args.head_tokens,
                          batch_tokens=args.batch_tokens, max_batch_rows=args.max_batch_rows, log_every=100)
     model, tokenizer = _with_base(DistilBertForSequenceClassification, SENTIMENT_LABELS)
-    print(f"training sentiment on {len(sst2)} SST-2 sentences + {len(imdb_train)} IMDb reviews", flush=True)
+    print(f"training sentiment on {len(sst2)} SST-2 sentences x {args.sst2_repeat} + {len(imdb_train)} IMDb reviews",
+          flush=True)
     stats = train_sentiment(model, tokenizer, examples, config, progress=lambda m: print(m, flush=True))
-    stats["data"] = {"sst2_train": len(sst2), "imdb_train": len(imdb_train)}
+    stats["data"] = {"sst2_train": len(sst2), "sst2_repeat": args.sst2_repeat, "imdb_train": len(imdb_train)}
     return finish(args, model, tokenizer, stats, "sentiment")
 
 
@@ -67,10 +73,13 @@ def build_ner(args) -> dict:
     config = TrainConfig(epochs=args.epochs, lr=args.lr, max_length=args.max_length, batch_tokens=args.batch_tokens,
                          max_batch_rows=args.max_batch_rows, log_every=100)
     model, tokenizer = _with_base(DistilBertForTokenClassification, NER_TAGS)
-    print(f"training NER on {len(sentences)} CoNLL-2003 train sentences", flush=True)
-    stats = train_ner(model, tokenizer, encode_ner(tokenizer, sentences, config), config,
+    # Saved in config.json with the model: the engine marks text exactly as training did.
+    marking = casing.enable(model.config, tokenizer) if args.case_markers else None
+    print(f"training NER on {len(sentences)} CoNLL-2003 train sentences"
+          + (", case markers on" if marking else ""), flush=True)
+    stats = train_ner(model, tokenizer, encode_ner(tokenizer, sentences, config, marking), config,
                       progress=lambda m: print(m, flush=True))
-    stats["data"] = {"conll2003_train_sentences": len(sentences)}
+    stats["data"] = {"conll2003_train_sentences": len(sentences), "case_markers": bool(marking)}
     return finish(args, model, tokenizer, stats, "ner")
 
 
@@ -102,6 +111,10 @@ def rebuild_command(args, task: str) -> str:
              f"--max-batch-rows {args.max_batch_rows}"]
     if task == "sentiment":
         parts += [f"--head-tokens {args.head_tokens}", f"--imdb-train {args.imdb_train}"]
+        if getattr(args, "sst2_repeat", 1) != 1:
+            parts.append(f"--sst2-repeat {args.sst2_repeat}")
+    elif getattr(args, "case_markers", False):
+        parts.append("--case-markers")
     return " ".join(parts)
 
 
@@ -212,6 +225,9 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per step at most")
     ap.add_argument("--max-batch-rows", type=int, help="examples per step at most")
     ap.add_argument("--imdb-train", type=int, default=8000, help="IMDb train reviews to use (time on a CPU)")
+    ap.add_argument("--sst2-repeat", type=int, default=1, help="passes over SST-2 train per epoch over IMDb")
+    ap.add_argument("--case-markers", action="store_true",
+                    help="ner: mark capitalised words with reserved tokens (worker/nlp/casing.py)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--card-only", action="store_true",
                     help="only rewrite OUT/README.md from OUT/training.json (after a change to the card's text)")

@@ -2,6 +2,10 @@
 
 loss = a * CE(labels) + (1 - a) * T^2 * KL(softmax(teacher / T) || softmax(student / T)),
 the soft-target term DistilBERT was trained with: a retrain keeps what the active version knew.
+The teacher either runs beside the student (retrain: same tokenizer, same inputs) or its outputs
+come precomputed on each example (`Encoded.soft`, `reviews distill`: any teacher); a row with soft
+targets and no label learns from the teacher alone. With a `hidden_teacher` of the student's width
+and vocabulary, DistilBERT's third term is added: the cosine between last hidden states.
 
 Batches are length-bucketed under a token budget (little padding), bf16 autocast on CPUs and GPUs
 that have it, AdamW with linear warmup and decay, fixed seeds.
@@ -21,9 +25,11 @@ import torch.nn.functional as F
 
 from ..nlp.batching import group_by_budget
 from ..nlp.bio import bio_spans
+from ..nlp.casing import CaseMarking
 from ..nlp.device import autocast, pick_device, pick_precision
 from ..nlp.types import NER_TAGS
 from .data import NerSentence, SentimentExample, sentence_text
+from .losses import MeanWordTargets, WordTargets, distillation_loss, hidden_cosine_loss, soft_target_loss
 
 
 @dataclass
@@ -47,7 +53,8 @@ class TrainConfig:
 @dataclass
 class Encoded:
     ids: list[int]
-    labels: int | list[int]  # a class for sentiment, one tag (or -100) per token for NER
+    labels: int | list[int]  # a class for sentiment, one tag (or -100) per token for NER; -100: none
+    soft: torch.Tensor | None = None  # teacher log-probabilities: [classes], or [tokens, classes] (NaN rows: none)
 
 
 def head_tail(ids: list[int], keep: int, head: int) -> list[int]:
@@ -57,11 +64,15 @@ def head_tail(ids: list[int], keep: int, head: int) -> list[int]:
     return ids[:head] + ids[len(ids) - (keep - head):]
 
 
-def encode_sentiment(tokenizer, examples: Sequence[SentimentExample], config: TrainConfig) -> list[Encoded]:
+def encode_sentiment(tokenizer, examples: Sequence[SentimentExample], config: TrainConfig,
+                     soft: Sequence[torch.Tensor | None] | None = None) -> list[Encoded]:
+    """soft: per example, a teacher's log-probabilities in the model's class order (label -100: none)."""
     keep = config.max_length - 2
     enc = tokenizer([e.text for e in examples], add_special_tokens=False, verbose=False)["input_ids"]
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    return [Encoded([cls, *head_tail(ids, keep, config.head_tokens), sep], e.label) for ids, e in zip(enc, examples)]
+    soft = soft if soft is not None else [None] * len(examples)
+    return [Encoded([cls, *head_tail(ids, keep, config.head_tokens), sep], e.label, t)
+            for ids, e, t in zip(enc, examples, soft)]
 
 
 def bio_to_spans(tags: Sequence[str], token_spans: Sequence[tuple[int, int]]) -> list[tuple[int, int, str]]:
@@ -92,26 +103,42 @@ def word_labels(offsets, word_start: Sequence[bool], spans: Sequence[tuple[int, 
     return labels
 
 
-def encode_ner_spans(tokenizer, items: Sequence[tuple[str, Sequence[tuple[int, int, str]]]],
-                     config: TrainConfig, tag_id: dict[str, int] | None = None) -> list[Encoded]:
-    """(text, entity char spans) pairs to training examples; long texts are cut to max_length."""
+def encode_ner_spans(tokenizer, items: Sequence[tuple[str, Sequence[tuple[int, int, str]] | None]],
+                     config: TrainConfig, tag_id: dict[str, int] | None = None,
+                     marking: CaseMarking | None = None,
+                     soft: Sequence[WordTargets | MeanWordTargets | None] | None = None) -> list[Encoded]:
+    """(text, entity char spans) pairs to training examples; long texts are cut to max_length.
+    Spans None: an unlabeled text (every label -100). marking: the model's case markers
+    (casing.for_model), inserted exactly as the engine inserts them. soft: per text, a teacher's
+    word spans and log-probabilities in the model's tag order, read at each word's first piece."""
     enc = tokenizer([t for t, _ in items], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     out = []
-    for ids, offsets, (_, spans) in zip(enc["input_ids"], enc["offset_mapping"], items):
-        ids, offsets = ids[: config.max_length - 2], offsets[: config.max_length - 2]
+    for k, (ids, offsets, (text, spans)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], items)):
         starts = [not vocab[i].startswith("##") for i in ids]
-        out.append(Encoded([cls, *ids, sep], [-100, *word_labels(offsets, starts, spans, tag_id), -100]))
+        if marking is not None:
+            ids, offsets, is_marker = marking.mark(text, ids, offsets, starts)
+            # A marker carries no tag (-100): the word's tag sits on its first piece, as the engine reads it.
+            starts = [not m and not vocab[i].startswith("##") for i, m in zip(ids, is_marker)]
+        ids, offsets, starts = (x[: config.max_length - 2] for x in (ids, offsets, starts))
+        labels = word_labels(offsets, starts, spans, tag_id) if spans is not None else [-100] * len(ids)
+        targets = None
+        if soft is not None and soft[k] is not None:
+            rows = soft[k].rows(offsets, starts)
+            nan = torch.full((1, rows.shape[1]), float("nan"))
+            targets = torch.cat([nan, rows, nan])
+        out.append(Encoded([cls, *ids, sep], [-100, *labels, -100], targets))
     return out
 
 
-def encode_ner(tokenizer, sentences: Sequence[NerSentence], config: TrainConfig) -> list[Encoded]:
+def encode_ner(tokenizer, sentences: Sequence[NerSentence], config: TrainConfig,
+               marking: CaseMarking | None = None) -> list[Encoded]:
     items = []
     for s in sentences:
         text, token_spans = sentence_text(s)
         items.append((text, bio_to_spans(s.tags, token_spans)))
-    return encode_ner_spans(tokenizer, items, config)
+    return encode_ner_spans(tokenizer, items, config, marking=marking)
 
 
 def make_batches(examples: list[Encoded], config: TrainConfig, rng: random.Random) -> list[list[int]]:
@@ -126,6 +153,19 @@ def make_batches(examples: list[Encoded], config: TrainConfig, rng: random.Rando
         batches += group_by_budget(chunk, lengths, config.batch_tokens, config.max_batch_rows)
     rng.shuffle(batches)
     return batches
+
+
+def collate_soft(examples: list[Encoded], batch: list[int], width: int, per_token: bool) -> torch.Tensor | None:
+    """The batch's teacher log-probabilities, NaN where a row has none; None where no example has any."""
+    known = [examples[i].soft for i in batch if examples[i].soft is not None]
+    if not known:
+        return None
+    classes = known[0].shape[-1]
+    out = torch.full((len(batch), width, classes) if per_token else (len(batch), classes), float("nan"))
+    for row, i in enumerate(batch):
+        if examples[i].soft is not None:
+            out[row, : len(examples[i].soft)] = examples[i].soft
+    return out
 
 
 def collate(examples: list[Encoded], batch: list[int], pad_id: int, per_token: bool):
@@ -144,19 +184,8 @@ def collate(examples: list[Encoded], batch: list[int], pad_id: int, per_token: b
     return ids, mask, labels
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float,
-                      temperature: float) -> torch.Tensor:
-    """a * CE + (1 - a) * T^2 * KL(teacher_T || student_T) over the labeled positions."""
-    keep = labels != -100
-    s, t, y = student[keep].float(), teacher[keep].float(), labels[keep]
-    ce = F.cross_entropy(s, y)
-    kl = F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1), log_target=True,
-                  reduction="batchmean")
-    return alpha * ce + (1 - alpha) * temperature**2 * kl
-
-
 def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_token: bool, teacher=None,
-        progress: Callable[[str], None] = print) -> dict:
+        progress: Callable[[str], None] = print, hidden_teacher=None, cosine_weight: float = 1.0) -> dict:
     """Train `model` in place; return statistics (steps, seconds, examples/s, final loss)."""
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -168,8 +197,9 @@ def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_to
     if precision == "fp16" and device.type == "cpu":
         precision = "bf16"
     model.to(device).train()
-    if teacher is not None:
-        teacher.to(device).eval()
+    for t in (teacher, hidden_teacher):
+        if t is not None:
+            t.to(device).eval()
     epoch_batches = make_batches(examples, config, rng)
     total_steps = max(1, math.ceil(len(epoch_batches) * config.epochs))
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
@@ -191,16 +221,25 @@ def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_to
             if step >= total_steps:
                 break
             ids, mask, labels = (t.to(device) for t in collate(examples, batch, pad_id, per_token))
+            soft = collate_soft(examples, batch, ids.shape[1], per_token)
             with autocast(device, precision):
-                logits = model(input_ids=ids, attention_mask=mask).logits
-                if teacher is not None:
-                    with torch.no_grad():
+                out = model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden_teacher is not None)
+                logits = out.logits
+                with torch.no_grad():
+                    if teacher is not None:
                         teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits
-            if teacher is not None:
+                    if hidden_teacher is not None:
+                        teacher_hidden = hidden_teacher(input_ids=ids, attention_mask=mask,
+                                                        output_hidden_states=True).hidden_states[-1]
+            if soft is not None:
+                loss = soft_target_loss(logits, soft.to(device), labels, config.alpha, config.temperature)
+            elif teacher is not None:
                 loss = distillation_loss(logits, teacher_logits, labels, config.alpha, config.temperature)
             else:
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                        ignore_index=-100)
+            if hidden_teacher is not None:
+                loss = loss + cosine_weight * hidden_cosine_loss(out.hidden_states[-1], teacher_hidden, mask)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
