@@ -225,10 +225,16 @@ _line = st.one_of(st.binary(max_size=60),
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
-@given(lines=st.lists(_line, max_size=12))
-def test_any_bytes_become_texts_or_numbered_skips(tmp_path_factory, lines):
+@given(lines=st.lists(_line, max_size=12), packing=st.sampled_from(["plain", "gzip", "cut gzip"]))
+def test_any_bytes_become_texts_or_numbered_skips(tmp_path_factory, lines, packing):
+    import gzip
+
     path = tmp_path_factory.mktemp("prop") / "in.jsonl"
-    path.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines))
+    raw = b"\n".join(line.replace(b"\n", b" ") for line in lines)
+    if packing != "plain":
+        raw = gzip.compress(raw)
+        raw = raw[: len(raw) // 2] if packing == "cut gzip" else raw
+    path.write_bytes(raw)
     log: list[str] = []
     texts = distill.read_texts(distill.DistillRequest("sentiment", ["t"], data=str(path)),
                                make_settings("sqlite://", {"sentiment": "x", "ner": "x"}), None, log.append)

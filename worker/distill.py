@@ -67,7 +67,7 @@ def read_texts(request: DistillRequest, settings: Settings, sessions, progress: 
     """The texts to distill on, in order, each once."""
     texts: list[str] = []
     if request.data:
-        from .inputs import InputError, Rejected, detect_format, open_input, read_records
+        from .inputs import InputError, Rejected, detect_format, read_records
 
         path = Path(request.data).expanduser()
         if not path.is_file():
@@ -75,7 +75,7 @@ def read_texts(request: DistillRequest, settings: Settings, sessions, progress: 
         rejected = 0
         try:
             with open(path, "rb") as raw:
-                for item in read_records(open_input(raw), detect_format(path.name), settings.max_line_bytes):
+                for item in read_records(raw, detect_format(path.name), settings.max_line_bytes):
                     if isinstance(item, Rejected):
                         rejected += 1
                         if rejected <= SHOWN_REJECTIONS:

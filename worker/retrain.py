@@ -175,7 +175,7 @@ def fine_tune(task: str, active_source: str, train: list[Label], heldout: list[L
 
     from .nlp import casing
     from .nlp.types import NER_TAGS, SENTIMENT_LABELS
-    from .training.build import save_half
+    from .training.saving import save_half
     from .training.data import SentimentExample
     from .training.train import TrainConfig, encode_ner_spans, train_ner, train_sentiment
 

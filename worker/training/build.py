@@ -24,29 +24,27 @@ from ..nlp import casing
 from ..nlp.types import NER_TAGS, SENTIMENT_LABELS
 from . import data, evaluate
 from .convert import distilbert_config, load_base
-from .train import TrainConfig, encode_ner, train_ner, train_sentiment
+from . import soft_targets
+from .saving import save_half
+from .students import Student, train_student
+from .train import TrainConfig, bio_to_spans, encode_ner, train_ner, train_sentiment
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _with_base(head_cls, labels):
+def _with_base(head_cls, labels, seed: int = 0):
     base, tokenizer = load_base()
     config = distilbert_config(num_labels=len(labels), id2label=dict(enumerate(labels)),
                                label2id={l: i for i, l in enumerate(labels)})
-    torch.manual_seed(0)
+    torch.manual_seed(seed)  # the new head's initial weights
     model = head_cls(config)
     model.distilbert.load_state_dict(base.state_dict())
     return model, tokenizer
 
 
-def save_half(model, tokenizer, out: Path) -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a retrain's or distillation's log is no place for shard progress bars
-    out.mkdir(parents=True, exist_ok=True)
-    model.half().save_pretrained(out, safe_serialization=True)
-    model.float()
-    tokenizer.save_pretrained(out)
+def _head_seed(args) -> int:
+    """0 for the default seed, so that the released models rebuild exactly as before."""
+    return 0 if args.seed == 42 else args.seed
 
 
 def build_sentiment(args) -> dict:
@@ -59,8 +57,9 @@ def build_sentiment(args) -> dict:
     examples = sst2 * args.sst2_repeat + imdb_train
     random.Random(0).shuffle(examples)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, max_length=args.max_length, head_tokens=args.head_tokens,
+                         seed=args.seed,
                          batch_tokens=args.batch_tokens, max_batch_rows=args.max_batch_rows, log_every=100)
-    model, tokenizer = _with_base(DistilBertForSequenceClassification, SENTIMENT_LABELS)
+    model, tokenizer = _with_base(DistilBertForSequenceClassification, SENTIMENT_LABELS, _head_seed(args))
     print(f"training sentiment on {len(sst2)} SST-2 sentences x {args.sst2_repeat} + {len(imdb_train)} IMDb reviews",
           flush=True)
     stats = train_sentiment(model, tokenizer, examples, config, progress=lambda m: print(m, flush=True))
@@ -71,16 +70,51 @@ def build_sentiment(args) -> dict:
 def build_ner(args) -> dict:
     sentences = data.read_conll(args.data_dir / "conll2003" / "train.txt")
     config = TrainConfig(epochs=args.epochs, lr=args.lr, max_length=args.max_length, batch_tokens=args.batch_tokens,
+                         seed=args.seed,
                          max_batch_rows=args.max_batch_rows, log_every=100)
-    model, tokenizer = _with_base(DistilBertForTokenClassification, NER_TAGS)
+    model, tokenizer = _with_base(DistilBertForTokenClassification, NER_TAGS, _head_seed(args))
     # Saved in config.json with the model: the engine marks text exactly as training did.
     marking = casing.enable(model.config, tokenizer) if args.case_markers else None
     print(f"training NER on {len(sentences)} CoNLL-2003 train sentences"
           + (", case markers on" if marking else ""), flush=True)
-    stats = train_ner(model, tokenizer, encode_ner(tokenizer, sentences, config, marking), config,
-                      progress=lambda m: print(m, flush=True))
-    stats["data"] = {"conll2003_train_sentences": len(sentences), "case_markers": bool(marking)}
+    if args.teacher:
+        answers = {}
+        for sentence in sentences:
+            text, token_spans = data.sentence_text(sentence)
+            answers[text] = [{"start": a, "end": b, "label": k} for a, b, k in bio_to_spans(sentence.tags, token_spans)]
+        stats = _distilled(args, "ner", Student(model, tokenizer, list(NER_TAGS), marking, "base"), answers, config)
+    else:
+        stats = train_ner(model, tokenizer, encode_ner(tokenizer, sentences, config, marking), config,
+                          progress=lambda m: print(m, flush=True))
+        stats["data"] = {}
+    stats["data"].update({"conll2003_train_sentences": len(sentences), "case_markers": bool(marking)})
     return finish(args, model, tokenizer, stats, "ner")
+
+
+def _distilled(args, task: str, student, answers: dict[str, object], config: TrainConfig) -> dict:
+    """Train the student on the labels and on the soft targets of the --teacher ensemble
+    (worker/training/students.py, as `reviews distill` does), over the labeled texts and, with
+    --unlabeled, up to --unlabeled-limit more texts that only the teachers speak for."""
+    from ..config import Settings, home_dir
+    from ..distill import DistillRequest, read_texts
+
+    settings = Settings.from_env()
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    texts = list(answers)
+    unlabeled: list[str] = []
+    if args.unlabeled:
+        unlabeled = read_texts(DistillRequest(task, [], data=str(args.unlabeled), limit=args.unlabeled_limit),
+                               settings, None, say)
+        if task == "ner":  # training reads max_length tokens of each: the teacher need not read more
+            unlabeled = [t[: args.max_length * 5] for t in unlabeled]
+        texts += [t for t in unlabeled if t not in answers]
+    cache = home_dir() / "cache" / "distill"
+    targets = [soft_targets.compute(task, t, texts, settings.engine_options(), cache, say, label=f"teacher {t}")
+               for t in args.teacher]
+    stats = train_student(student, task, texts, answers, targets, args.teacher, config, 0.0, say)
+    stats["data"] = {"teachers": [Path(t).name for t in args.teacher], "unlabeled": len(texts) - len(answers),
+                     "unlabeled_source": Path(args.unlabeled).name if args.unlabeled else None}
+    return stats
 
 
 def finish(args, model, tokenizer, stats: dict, task: str) -> dict:
@@ -115,6 +149,12 @@ def rebuild_command(args, task: str) -> str:
             parts.append(f"--sst2-repeat {args.sst2_repeat}")
     elif getattr(args, "case_markers", False):
         parts.append("--case-markers")
+    if getattr(args, "seed", 42) != 42:
+        parts.append(f"--seed {args.seed}")
+    for teacher in getattr(args, "teacher", None) or []:
+        parts.append(f"--teacher {teacher}")
+    if getattr(args, "unlabeled", None):
+        parts += [f"--unlabeled {args.unlabeled}", f"--unlabeled-limit {args.unlabeled_limit}"]
     return " ".join(parts)
 
 
@@ -153,7 +193,10 @@ def write_card(out: Path, task: str, stats: dict) -> None:
         "## Data",
     ]
     if task == "sentiment":
-        lines += [f"- SST-2 train: {stats['data']['sst2_train']:,} sentences (GLUE).",
+        repeat = stats["data"].get("sst2_repeat", 1)
+        lines += [f"- SST-2 train: {stats['data']['sst2_train']:,} sentences (GLUE)"
+                  + (f", each seen {repeat} times per pass over IMDb (short sentences cost little)." if repeat > 1
+                     else "."),
                   f"- IMDb train: the first {stats['data']['imdb_train']:,} reviews of `imdb/train.jsonl.gz`;"
                   f" the last {data.IMDB_HELDOUT:,} are held out for evaluation and never trained on.",
                   f"- Long reviews: head+tail truncation (Sun et al. 2019) to {cfg['max_length']} tokens:"
@@ -162,8 +205,21 @@ def write_card(out: Path, task: str, stats: dict) -> None:
                   " averages their logits."]
     else:
         lines += [f"- CoNLL-2003 English train: {stats['data']['conll2003_train_sentences']:,} sentences."
-                  " Each word's first WordPiece carries the tag, as the inference engine reads it.",
-                  "- Uncased: capitalisation, a strong NER cue, is not seen by this model."]
+                  " Each word's first WordPiece carries the tag, as the inference engine reads it."]
+        if stats["data"].get("case_markers"):
+            lines.append("- Case markers: the vocabulary is uncased, so a reserved token is put before each word"
+                         " that starts with a capital (`[unused1]`) or is written in capitals (`[unused2]`);"
+                         " `case_markers` in config.json names them, and the engine inserts them exactly as"
+                         " training did (worker/nlp/casing.py).")
+        else:
+            lines.append("- Uncased: capitalisation, a strong NER cue, is not seen by this model.")
+    if stats["data"].get("teachers"):
+        d = stats["data"]
+        lines.append(f"- Distilled (`reviews distill`'s trainer) from {len(d['teachers'])} teacher(s), their mean"
+                     f" probabilities: {', '.join(d['teachers'])}; loss a·CE(label) + (1−a)·T²·KL(teacher/T ‖"
+                     f" student/T) with a {cfg['alpha']}, T {cfg['temperature']}"
+                     + (f"; plus {d['unlabeled']:,} texts of {d['unlabeled_source']} that only the teachers label."
+                        if d.get("unlabeled") else "."))
     lines += [
         "",
         "## Recipe",
@@ -201,7 +257,9 @@ def write_card(out: Path, task: str, stats: dict) -> None:
                   " engine's character spans are mapped back to tokens and compared with the gold BIO spans,"
                   " entity-level exact match (type, first and last token), as seqeval counts it."]
     lines += ["", "## Limitations",
-              "- English only; uncased (`Apple` and `apple` look the same to it)."
+              "- English only; " + ("capitals reach it only through the case markers."
+                                    if stats["data"].get("case_markers") else
+                                    "uncased (`Apple` and `apple` look the same to it).")
               + (" Trained on movie reviews and SST-2 phrases: other domains may need a retrain"
                  " (`reviews retrain`) on labels of their own." if task == "sentiment" else
                  " Trained on 1990s Reuters news: product and brand names common in reviews are often"
@@ -228,6 +286,11 @@ def main() -> None:
     ap.add_argument("--sst2-repeat", type=int, default=1, help="passes over SST-2 train per epoch over IMDb")
     ap.add_argument("--case-markers", action="store_true",
                     help="ner: mark capitalised words with reserved tokens (worker/nlp/casing.py)")
+    ap.add_argument("--teacher", action="append", default=[],
+                    help="distil from this model as well as the labels (repeat: an ensemble); see `reviews distill`")
+    ap.add_argument("--unlabeled", type=Path, help="with --teacher: more texts, JSONL/CSV, that only the teachers label")
+    ap.add_argument("--unlabeled-limit", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=42, help="batch order and new head (an ensemble's members differ here)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--card-only", action="store_true",
                     help="only rewrite OUT/README.md from OUT/training.json (after a change to the card's text)")
