@@ -219,6 +219,17 @@ def test_cli_reports_bad_lines_and_refuses_without_texts(migrated_sqlite, tiny_m
         assert [mv.version for mv in registry.versions(s, "sentiment")] in ([], [1])
 
 
+def test_a_student_that_cannot_train_is_refused_before_the_teacher_runs(migrated_sqlite, tiny_models, home,
+                                                                         tmp_path):
+    settings = make_settings(migrated_sqlite, tiny_models, model_dir=str(tmp_path / "v"))
+    data = write_jsonl(tmp_path / "d.jsonl", [{"id": "1", "text": "the film was great"}])
+    args = ["distill", "sentiment", "--teacher", str(tiny_models["sentiment"]), "--data", str(data), "--local",
+            "--student", str(tmp_path / "nothing-here")]
+    result = CliRunner().invoke(main, args, env=settings_env(settings) | {"REVIEWS_HOME": str(home)})
+    assert result.exit_code == 1 and "not a saved model directory" in result.stderr
+    assert not (home / "cache").exists()  # no teacher work was done for it
+
+
 _line = st.one_of(st.binary(max_size=60),
                   st.builds(lambda t: json.dumps({"id": "x", "text": t}).encode(), st.text(max_size=40)))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -56,8 +56,6 @@ class DistillRequest:
     cosine_weight: float = 0.0
     case_markers: bool | None = None  # a base NER student: mark capitals (None: as the bundled default model)
     seed: int = 42
-    # Extra (text, answer) pairs: a sentiment name, or entity dicts {start, end, label} (the default build's data).
-    labeled: list[tuple[str, object]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -126,11 +124,14 @@ def _distill_locked(settings, sessions, request: DistillRequest, progress) -> Re
     barred = {lb.text for lb in heldout}
     gold = {lb.text: lb for lb in labels if lb.text not in barred}
     answers: dict[str, object] = {t: (lb.sentiment if task == "sentiment" else lb.entities) for t, lb in gold.items()}
-    answers.update(dict(request.labeled))
     texts = read_texts(request, settings, sessions, progress) + list(answers)
     texts = [t for t in dict.fromkeys(texts) if t not in barred]
     if not texts:
         raise DistillError("no texts to distill on: give --data FILE or --from-db with stored reviews")
+    try:  # before the teacher's hours of work: a student that cannot be trained is said at once
+        student = load_student(task, request.student, active.source, request.case_markers)
+    except StudentError as exc:
+        raise DistillError(str(exc)) from exc
     progress(f"{task}: distilling {len(request.teachers)} teacher(s) into a student on {len(texts):,} texts "
              f"({sum(t in gold for t in texts):,} with a human label, {len(heldout):,} held out for the gate)")
     started = time.monotonic()
@@ -140,10 +141,6 @@ def _distill_locked(settings, sessions, request: DistillRequest, progress) -> Re
                                     label=f"teacher {k + 1}/{len(request.teachers)} ({teacher})")
                for k, teacher in enumerate(request.teachers)]
     teacher_seconds = time.monotonic() - started
-    try:
-        student = load_student(task, request.student, active.source, request.case_markers)
-    except StudentError as exc:
-        raise DistillError(str(exc)) from exc
     config = TrainConfig(epochs=request.epochs, lr=request.lr, alpha=request.alpha, temperature=request.temperature,
                          seed=request.seed, device=settings.device, log_every=20,
                          max_length=min(256, student.model.config.max_position_embeddings))
@@ -158,5 +155,5 @@ def _distill_locked(settings, sessions, request: DistillRequest, progress) -> Re
     return gate.register_and_gate(
         settings, sessions, task, staging, active.id, candidate, active_metrics, len(heldout),
         {"texts": len(texts), "labeled": sum(t in answers for t in texts), "heldout": len(heldout)},
-        {"distill": {k: v for k, v in request.as_dict().items() if k != "labeled"},
+        {"distill": request.as_dict(),
          "teacher_seconds": round(teacher_seconds, 1), "train": stats}, progress)
