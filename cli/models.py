@@ -24,7 +24,8 @@ def _describe(mv) -> str:
     gate = ""
     if key and isinstance(m.get("candidate"), dict) and isinstance(m.get("active"), dict):
         gate = f"{key} {m['candidate'].get(key, float('nan')):.4f} vs {m['active'].get(key, float('nan')):.4f} (parent)"
-    extra = ", ".join(f"{k}={v}" for k, v in m.items() if not isinstance(v, dict) and k != "gate_metric")
+    extra = ", ".join(f"{k}={v}" for k, v in m.items() if not isinstance(v, dict) and v is not None
+                      and k != "gate_metric")
     return "  ".join(p for p in (f"{mv.task:9} v{mv.version:<3} {mv.status:9} {mv.created_at:%Y-%m-%d %H:%M}",
                                   gate, extra, mv.note) if p)
 
