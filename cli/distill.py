@@ -12,8 +12,9 @@ from .helpers import Context, clear_errors, pass_ctx
 
 def _local_path(value: str) -> str:
     """A path as the trainer must see it; a hub id (org/name that is not on disk) stays as it is."""
-    path = Path(value).expanduser()
-    return str(path.resolve()) if path.exists() or value.startswith((".", "/", "~")) else value
+    from worker.model_import import is_local
+
+    return str(Path(value).expanduser().resolve()) if is_local(value) else value
 
 
 @click.command()

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import gate, registry
-from .config import Settings, home_dir
+from .config import Settings
 from .gate import RetrainOutcome
 from .retrain import RetrainBusy, is_heldout, latest_labels, retrain_lock
 
@@ -135,11 +135,7 @@ def _distill_locked(settings, sessions, request: DistillRequest, progress) -> Re
     progress(f"{task}: distilling {len(request.teachers)} teacher(s) into a student on {len(texts):,} texts "
              f"({sum(t in gold for t in texts):,} with a human label, {len(heldout):,} held out for the gate)")
     started = time.monotonic()
-    options = settings.engine_options()
-    cache_root = home_dir() / "cache" / "distill"
-    targets = [soft_targets.compute(task, teacher, texts, options, cache_root, progress,
-                                    label=f"teacher {k + 1}/{len(request.teachers)} ({teacher})")
-               for k, teacher in enumerate(request.teachers)]
+    targets = soft_targets.for_teachers(task, request.teachers, texts, settings.engine_options(), progress)
     teacher_seconds = time.monotonic() - started
     config = TrainConfig(epochs=request.epochs, lr=request.lr, alpha=request.alpha, temperature=request.temperature,
                          seed=request.seed, device=settings.device, log_every=20,

@@ -95,7 +95,7 @@ def _distilled(args, task: str, student, answers: dict[str, object], config: Tra
     """Train the student on the labels and on the soft targets of the --teacher ensemble
     (worker/training/students.py, as `reviews distill` does), over the labeled texts and, with
     --unlabeled, up to --unlabeled-limit more texts that only the teachers speak for."""
-    from ..config import Settings, home_dir
+    from ..config import Settings
     from ..distill import DistillRequest, read_texts
 
     settings = Settings.from_env()
@@ -108,9 +108,7 @@ def _distilled(args, task: str, student, answers: dict[str, object], config: Tra
         if task == "ner":  # training reads max_length tokens of each: the teacher need not read more
             unlabeled = [t[: args.max_length * 5] for t in unlabeled]
         texts += [t for t in unlabeled if t not in answers]
-    cache = home_dir() / "cache" / "distill"
-    targets = [soft_targets.compute(task, t, texts, settings.engine_options(), cache, say, label=f"teacher {t}")
-               for t in args.teacher]
+    targets = soft_targets.for_teachers(task, args.teacher, texts, settings.engine_options(), say)
     stats = train_student(student, task, texts, answers, targets, args.teacher, config, 0.0, say)
     stats["data"] = {"teachers": [Path(t).name for t in args.teacher], "unlabeled": len(texts) - len(answers),
                      "unlabeled_source": Path(args.unlabeled).name if args.unlabeled else None}

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..config import home_dir
 from ..nlp.options import EngineOptions
 from .losses import MeanWordTargets, WordTargets
 
@@ -105,6 +106,14 @@ def compute(task: str, teacher: str, texts: Sequence[str], options: EngineOption
             progress(f"{label}: {cached + done:,}/{len(texts):,} reviews ({(cached + done) / len(texts):.0%}), "
                      f"{rate:.1f} reviews/s, ETA {_duration((total - done) / rate)}")
     return _read(directory, task, parts)
+
+
+def for_teachers(task: str, teachers: Sequence[str], texts: Sequence[str], options: EngineOptions,
+                 progress: Callable[[str], None] = print) -> list[TeacherTargets]:
+    """Each teacher's targets, in order, through the one cache under REVIEWS_HOME."""
+    root = home_dir() / "cache" / "distill"
+    return [compute(task, teacher, texts, options, root, progress, label=f"teacher {k + 1}/{len(teachers)} ({teacher})")
+            for k, teacher in enumerate(teachers)]
 
 
 def _read(directory: Path, task: str, parts) -> TeacherTargets:
