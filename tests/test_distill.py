@@ -69,11 +69,11 @@ def test_word_case():
         ["title", "upper", "title", None, None, "title", None, "title"]
 
 
-@pytest.fixture
-def marked_ner(tmp_path) -> Path:
+@pytest.fixture(params=["added", "inserted"])
+def marked_ner(tmp_path, request) -> Path:
     directory = save_tiny(tmp_path / "marked", "ner", seed=3)
     config = json.loads((directory / "config.json").read_text())
-    config[casing.CONFIG_KEY] = casing.DEFAULT_MARKERS
+    config[casing.CONFIG_KEY] = {**casing.DEFAULT_MARKERS, "style": request.param}
     (directory / "config.json").write_text(json.dumps(config))
     return directory
 
@@ -84,20 +84,48 @@ def test_marked_model_reads_case_and_engine_and_training_mark_alike(marked_ner):
     text = "John Smith loved PARIS and the film"
     enc = batching.encode(engine.tokenizer, [text])[0]
     marked = engine._mark(text, enc)
-    assert len(marked.ids) == len(enc.ids) + 3  # John, Smith, PARIS
+    cased_words = {"John", "Smith", "PARIS"}
+    if engine.casing.style == "inserted":
+        assert len(marked.ids) == len(enc.ids) + 3  # a marker before each cased word
+    else:  # the same tokens, each piece of a cased word carrying its case in its id
+        assert len(marked.ids) == len(enc.ids) and marked.offsets == enc.offsets
+        vocab = engine.casing.vocab_size
+        changed = {text[s:e] for (s, e), a, b in zip(enc.offsets, enc.ids, marked.ids) if a != b}
+        assert changed and all(any(piece in w for w in cased_words) for piece in changed)
+        assert [i % vocab for i in marked.ids] == enc.ids
+        assert {i // vocab for i in marked.ids} == {0, 1, 2}
     # Markers are no words: words and their spans are those of the unmarked text.
     assert [(s, e) for _, s, e in word_spans(marked, engine.continues_word, engine.markers)] == \
         [(s, e) for _, s, e in word_spans(enc, engine.continues_word)]
-    # Training inserts exactly the ids the engine reads, and never puts a label on a marker.
+    # Training marks exactly the ids the engine reads, and never puts a label on a marker.
     (example,) = encode_ner_spans(engine.tokenizer, [(text, [(0, 10, "PER"), (17, 22, "LOC")])],
                                   TrainConfig(max_length=64), marking=engine.casing)
     assert example.ids[1:-1] == marked.ids
     assert all(y == -100 for tok, y in zip(example.ids, example.labels) if tok in engine.markers)
+    assert sum(y != -100 for y in example.labels) == len(text.split())  # one tag per word
+    # The engine's forward and transformers' forward (which training runs) read the ids alike.
+    ids = torch.tensor([example.ids])
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        ours = engine.forward(ids, mask)
+        theirs = engine.model(**casing.model_inputs(engine.model, ids, engine.casing), attention_mask=mask).logits
+    assert torch.allclose(ours, theirs, atol=1e-4)
     # Capitals change what the model sees, and so its probabilities.
     (_, upper), (_, lower) = engine.word_probabilities([text, text.lower()])
     assert not torch.allclose(upper, lower)
     spans = [(e.start, e.end) for e in engine.predict([text])[0]]
     assert all(0 <= s < e <= len(text) for s, e in spans)
+
+
+def test_case_style_must_be_known(tmp_path):
+    directory = save_tiny(tmp_path / "style", "ner")
+    config = json.loads((directory / "config.json").read_text())
+    config[casing.CONFIG_KEY] = {**casing.DEFAULT_MARKERS, "style": "sideways"}
+    (directory / "config.json").write_text(json.dumps(config))
+    from worker.nlp.types import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="style 'sideways' is not one of added, inserted"):
+        load_ner(str(directory), precision="fp32")
 
 
 def test_bad_case_marker_config_is_a_load_error(tmp_path):

@@ -1,6 +1,5 @@
 """The inference engine on tiny saved models: loading, windows, batching, offsets, BIO decoding."""
 
-import json
 
 import pytest
 import torch

@@ -196,10 +196,10 @@ def fine_tune(task: str, active_source: str, train: list[Label], heldout: list[L
         examples = [SentimentExample(lb.text, class_id[lb.sentiment]) for lb in train]
         stats = train_sentiment(student, tokenizer, examples, config, teacher, progress)
     else:
+        marking = casing.for_model(student.config, tokenizer)
         items = encode_ner_spans(tokenizer, [(lb.text, [(e["start"], e["end"], e["label"]) for e in lb.entities])
-                                             for lb in train], config, class_id,
-                                 casing.for_model(student.config, tokenizer))
-        stats = train_ner(student, tokenizer, items, config, teacher, progress)
+                                             for lb in train], config, class_id, marking)
+        stats = train_ner(student, tokenizer, items, config, teacher, progress, marking)
     save_half(student, tokenizer, out_dir)
     return FineTuned(gate.measure(task, str(out_dir), heldout, settings),
                      gate.measure(task, active_source, heldout, settings), stats)

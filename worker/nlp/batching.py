@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import fast, int8
+from . import casing, fast, int8
 from .device import DTYPES, autocast, cpu_float_precision
 
 
@@ -123,7 +123,9 @@ class Forward:
     bf16 (or fp32) for everything else.
     """
 
-    def __init__(self, model, device: torch.device, precision: str, per_token: bool, use_fast: bool = True):
+    def __init__(self, model, device: torch.device, precision: str, per_token: bool, use_fast: bool = True,
+                 marking=None):
+        """marking: the model's casing.CaseMarking, whose "added" style the forward must read from the ids."""
         self.model, self.device, self.precision = model, device, precision
         self.fast = use_fast and fast.supports(model)
         if precision == "int8" and device.type != "cpu":
@@ -138,11 +140,12 @@ class Forward:
             # torch's CPU attention runs fp32 about 10% faster than bf16 (bench/kernels.py); with int8
             # products, attention is the largest cost left, and fp32 there gained 5-9% (RESULTS.md).
             attention_dtype = torch.float32 if precision == "int8" else None
-            self._forward = fast.DistilBertForward(model, per_token, attention_dtype=attention_dtype)
+            self._forward = fast.DistilBertForward(model, per_token, attention_dtype=attention_dtype, marking=marking)
         else:
             if device.type == "cuda" and precision in DTYPES and precision != "fp32":
                 model.to(dtype=DTYPES[precision])
-            self._forward = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+            self._forward = lambda ids, mask: model(**casing.model_inputs(model, ids, marking),
+                                                    attention_mask=mask).logits
         model.to(device).eval()
 
     def context(self):

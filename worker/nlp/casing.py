@@ -1,19 +1,33 @@
 """Case markers: let a model with an uncased vocabulary see capitals, a main cue for names.
 
 The uncased tokenizer reads "Apple" and "apple" as the same pieces. A model built with case markers
-has a marker token inserted before each word that starts with a capital (`title`) or is written in
-capitals (`upper`, two letters or more). The markers are tokens the vocabulary already reserves
-(`[unused1]`, `[unused2]`), so the architecture and the file format stay DistilBERT's; the model's
-config.json names them under `case_markers`, and the engine, the default build, `reviews retrain`
-and `reviews distill` all read them from there, so training and serving always mark text alike.
+tells a word that starts with a capital (`title`) or is written in capitals (`upper`, two letters or
+more) by the embedding row of a token the vocabulary already reserves (`[unused1]`, `[unused2]`),
+so the architecture and the file format stay DistilBERT's. Two styles:
+
+- "added" (the default since the case-marked models cost NER speed): the marker's row is added to
+  the embedding of every piece of a cased word, like BERT's token-type embeddings. The text keeps
+  its length, so the model reads exactly as many tokens as an uncased one. In the token lists that
+  windows and batches carry, a cased piece's id is `id + case * vocab_size` (case 1 title, 2 upper);
+  `embed` turns such ids into input embeddings, and only the forward pass ever sees them.
+- "inserted": a marker token before each cased word (about 10% more tokens on reviews). Models
+  built before "added" existed use it, and it still serves them.
+
+The model's config.json names the markers and the style under `case_markers`; the engine, the
+default build, `reviews retrain` and `reviews distill` all read it from there, so training and
+serving always mark text alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 CONFIG_KEY = "case_markers"
-DEFAULT_MARKERS = {"title": "[unused1]", "upper": "[unused2]"}
+STYLES = ("added", "inserted")
+DEFAULT_MARKERS = {"title": "[unused1]", "upper": "[unused2]", "style": "added"}
+_CASE = {None: 0, "title": 1, "upper": 2}
 
 
 def word_case(word: str) -> str | None:
@@ -30,34 +44,62 @@ def word_case(word: str) -> str | None:
 class CaseMarking:
     title_id: int
     upper_id: int
+    style: str = "inserted"
+    vocab_size: int = 0  # "added": the offset of case in a token id (the embedding matrix's rows)
 
     @property
     def ids(self) -> frozenset[int]:
-        return frozenset((self.title_id, self.upper_id))
+        """The marker tokens that stand in the text, which are no words: none in the "added" style."""
+        return frozenset((self.title_id, self.upper_id)) if self.style == "inserted" else frozenset()
 
     def mark(self, text: str, ids: list[int], offsets: list[tuple[int, int]], word_start: list[bool]
              ) -> tuple[list[int], list[tuple[int, int]], list[bool]]:
-        """(ids, offsets, is_marker) with a marker before the first piece of each cased word. A word
-        is a first piece and the '##' pieces after it; its case is read from the original text. A
-        marker gets the empty span at its word's start, so every span still points into `text`."""
+        """(ids, offsets, is_marker) with the case of each word marked. A word is a first piece and
+        the '##' pieces after it; its case is read from the original text. "inserted": a marker
+        before the word's first piece, with the empty span at the word's start, so every span still
+        points into `text`. "added": every piece of the word gets its case in its id, nothing moves."""
         out_ids: list[int] = []
         out_offsets: list[tuple[int, int]] = []
         is_marker: list[bool] = []
         n = len(ids)
+        case = 0
         for i in range(n):
             if word_start[i]:
                 j = i + 1
                 while j < n and not word_start[j]:
                     j += 1
                 kind = word_case(text[offsets[i][0] : offsets[j - 1][1]])
-                if kind is not None:
+                case = _CASE[kind]
+                if kind is not None and self.style == "inserted":
                     out_ids.append(self.title_id if kind == "title" else self.upper_id)
                     out_offsets.append((offsets[i][0], offsets[i][0]))
                     is_marker.append(True)
-            out_ids.append(ids[i])
+            out_ids.append(ids[i] + case * self.vocab_size if self.style == "added" else ids[i])
             out_offsets.append(offsets[i])
             is_marker.append(False)
         return out_ids, out_offsets, is_marker
+
+    def embed(self, word_embeddings: torch.nn.Embedding, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ids marked in the "added" style: each piece's own row plus its case's
+        marker row (none for case 0). Gradients reach the marker rows, so training learns them."""
+        case = torch.div(input_ids, self.vocab_size, rounding_mode="floor")
+        weight = word_embeddings.weight
+        rows = torch.stack([torch.zeros_like(weight[0]), weight[self.title_id], weight[self.upper_id]])
+        return word_embeddings(input_ids - case * self.vocab_size) + rows[case]
+
+
+def plain_ids(input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Ids without the case of the "added" style, for a model that does not read it."""
+    return torch.remainder(input_ids, vocab_size)
+
+
+def model_inputs(model, input_ids: torch.Tensor, marking: CaseMarking | None) -> dict:
+    """The keyword arguments for a transformers model's forward: `inputs_embeds` where ids carry
+    case in the "added" style, else `input_ids` (without any such case, which `model` cannot read)."""
+    embeddings = model.get_input_embeddings()
+    if marking is not None and marking.style == "added":
+        return {"inputs_embeds": marking.embed(embeddings, input_ids)}
+    return {"input_ids": plain_ids(input_ids, embeddings.num_embeddings)}
 
 
 def for_model(config, tokenizer) -> CaseMarking | None:
@@ -72,12 +114,16 @@ def for_model(config, tokenizer) -> CaseMarking | None:
     unk = tokenizer.unk_token_id
     if unk in (title, upper) or title == upper:
         raise ValueError(f"config.json {CONFIG_KEY}: {markers!r} are not two distinct tokens of the vocabulary")
-    return CaseMarking(title, upper)
+    style = markers.get("style", "inserted")  # models built before the "added" style have no key
+    if style not in STYLES:
+        raise ValueError(f"config.json {CONFIG_KEY}: style {style!r} is not one of {', '.join(STYLES)}")
+    rows = getattr(config, "vocab_size", None) or len(tokenizer)
+    return CaseMarking(title, upper, style, rows)
 
 
-def enable(config, tokenizer) -> CaseMarking:
-    """Mark a model (before training) as trained with the default markers."""
-    setattr(config, CONFIG_KEY, dict(DEFAULT_MARKERS))
+def enable(config, tokenizer, style: str = "added") -> CaseMarking:
+    """Mark a model (before training) as trained with the default markers, in `style`."""
+    setattr(config, CONFIG_KEY, {**DEFAULT_MARKERS, "style": style})
     marking = for_model(config, tokenizer)
     assert marking is not None
     return marking

@@ -52,8 +52,11 @@ def cast_linears(model, dtype: torch.dtype) -> None:
 class DistilBertForward:
     """logits = forward(input_ids, attention_mask), float32, for a DistilBERT classifier."""
 
-    def __init__(self, model, per_token: bool, cls_only: bool = True, attention_dtype: torch.dtype | None = None):
+    def __init__(self, model, per_token: bool, cls_only: bool = True, attention_dtype: torch.dtype | None = None,
+                 marking=None):
         self.model = model
+        # casing.CaseMarking of the "added" style: ids carry each piece's case (casing.py).
+        self.marking = marking if marking is not None and marking.style == "added" else None
         self.cls_only = cls_only and not per_token  # the last layer for [CLS] alone (sequence heads)
         self.base = model.distilbert
         self.layers = list(self.base.transformer.layer)
@@ -68,7 +71,8 @@ class DistilBertForward:
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         emb = self.base.embeddings
         width = input_ids.shape[1]
-        h = emb.word_embeddings(input_ids) + emb.position_embeddings.weight[:width]
+        words = emb.word_embeddings(input_ids) if self.marking is None else self.marking.embed(emb.word_embeddings, input_ids)
+        h = words + emb.position_embeddings.weight[:width]
         h = emb.LayerNorm(h.float())
         keep = attention_mask.bool()
         mask = None if bool(keep.all()) else keep[:, None, None, :]  # (batch, 1, 1, keys): True = attend

@@ -17,18 +17,18 @@ class NerModel:
     def __init__(self, model, tokenizer, device, precision: str, options: EngineOptions | None = None):
         self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
         self.options = fit_options(options or EngineOptions(), model, device)
-        # Our BIO tags (labels.py: B-PERSON, LOCATION, BIOES prefixes...; an imported version's config
-        # already holds them); tags merged or skipped to O by the mapping are folded in the forward.
-        self.tags, self.forward = labels.for_engine(
-            "ner", model, batching.Forward(model, device, precision, per_token=True))
-        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        # WordPiece marks word-internal pieces with "##"; the tag of a word is read at its first piece.
-        self.continues_word = [t is not None and t.startswith("##") for t in vocab]
         try:
             self.casing = casing.for_model(model.config, tokenizer)
         except ValueError as exc:
             raise ModelLoadError(f"ner model: {exc}") from None
         self.markers = self.casing.ids if self.casing else frozenset()
+        # Our BIO tags (labels.py: B-PERSON, LOCATION, BIOES prefixes...; an imported version's config
+        # already holds them); tags merged or skipped to O by the mapping are folded in the forward.
+        self.tags, self.forward = labels.for_engine(
+            "ner", model, batching.Forward(model, device, precision, per_token=True, marking=self.casing))
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        # WordPiece marks word-internal pieces with "##"; the tag of a word is read at its first piece.
+        self.continues_word = [t is not None and t.startswith("##") for t in vocab]
 
     def predict(self, texts: list[str]) -> list[list[Entity]]:
         out = []
@@ -91,12 +91,13 @@ def stitch(n_tokens: int, parts: list[tuple[int, torch.Tensor]]) -> torch.Tensor
 
 def word_spans(enc: batching.Encoded, continues_word: list[bool], markers: frozenset[int] = frozenset()
                ) -> list[tuple[int, int, int]]:
-    """(first token index, char start, char end) of each word; case markers are no words."""
+    """(first token index, char start, char end) of each word; case markers are no words. An id
+    may carry its piece's case (casing.py, "added"): the piece is the id modulo the vocabulary."""
     words: list[tuple[int, int, int]] = []
     for i, (tok, (s, e)) in enumerate(zip(enc.ids, enc.offsets)):
         if tok in markers:
             continue
-        if words and continues_word[tok]:
+        if words and continues_word[tok % len(continues_word)]:
             first, ws, _ = words[-1]
             words[-1] = (first, ws, e)
         else:

@@ -22,9 +22,8 @@ from transformers import DistilBertForSequenceClassification, DistilBertForToken
 
 from ..nlp import casing
 from ..nlp.types import NER_TAGS, SENTIMENT_LABELS
-from . import data, evaluate
+from . import data, evaluate, soft_targets
 from .convert import distilbert_config, load_base
-from . import soft_targets
 from .saving import save_half
 from .students import Student, train_student
 from .train import TrainConfig, bio_to_spans, encode_ner, train_ner, train_sentiment
@@ -74,7 +73,7 @@ def build_ner(args) -> dict:
                          max_batch_rows=args.max_batch_rows, log_every=100)
     model, tokenizer = _with_base(DistilBertForTokenClassification, NER_TAGS, _head_seed(args))
     # Saved in config.json with the model: the engine marks text exactly as training did.
-    marking = casing.enable(model.config, tokenizer) if args.case_markers else None
+    marking = casing.enable(model.config, tokenizer, args.case_markers) if args.case_markers else None
     print(f"training NER on {len(sentences)} CoNLL-2003 train sentences"
           + (", case markers on" if marking else ""), flush=True)
     if args.teacher:
@@ -85,9 +84,9 @@ def build_ner(args) -> dict:
         stats = _distilled(args, "ner", Student(model, tokenizer, list(NER_TAGS), marking, "base"), answers, config)
     else:
         stats = train_ner(model, tokenizer, encode_ner(tokenizer, sentences, config, marking), config,
-                          progress=lambda m: print(m, flush=True))
+                          progress=lambda m: print(m, flush=True), marking=marking)
         stats["data"] = {}
-    stats["data"].update({"conll2003_train_sentences": len(sentences), "case_markers": bool(marking)})
+    stats["data"].update({"conll2003_train_sentences": len(sentences), "case_markers": marking.style if marking else False})
     return finish(args, model, tokenizer, stats, "ner")
 
 
@@ -145,8 +144,8 @@ def rebuild_command(args, task: str) -> str:
         parts += [f"--head-tokens {args.head_tokens}", f"--imdb-train {args.imdb_train}"]
         if getattr(args, "sst2_repeat", 1) != 1:
             parts.append(f"--sst2-repeat {args.sst2_repeat}")
-    elif getattr(args, "case_markers", False):
-        parts.append("--case-markers")
+    elif getattr(args, "case_markers", None):
+        parts.append("--case-markers" + ("" if args.case_markers == "added" else f" {args.case_markers}"))
     if getattr(args, "seed", 42) != 42:
         parts.append(f"--seed {args.seed}")
     for teacher in getattr(args, "teacher", None) or []:
@@ -204,11 +203,17 @@ def write_card(out: Path, task: str, stats: dict) -> None:
     else:
         lines += [f"- CoNLL-2003 English train: {stats['data']['conll2003_train_sentences']:,} sentences."
                   " Each word's first WordPiece carries the tag, as the inference engine reads it."]
-        if stats["data"].get("case_markers"):
+        if stats["data"].get("case_markers") in (True, "inserted"):  # True: cards written before "added"
             lines.append("- Case markers: the vocabulary is uncased, so a reserved token is put before each word"
                          " that starts with a capital (`[unused1]`) or is written in capitals (`[unused2]`);"
                          " `case_markers` in config.json names them, and the engine inserts them exactly as"
                          " training did (worker/nlp/casing.py).")
+        elif stats["data"].get("case_markers"):
+            lines.append("- Case: the vocabulary is uncased, so the embedding row of a reserved token is added to"
+                         " every piece of a word that starts with a capital (`[unused1]`) or is written in capitals"
+                         " (`[unused2]`), like BERT's token-type embeddings: no token is added, the model reads as"
+                         " many tokens as an uncased one. `case_markers` in config.json names them (style"
+                         " `added`), and the engine marks text exactly as training did (worker/nlp/casing.py).")
         else:
             lines.append("- Uncased: capitalisation, a strong NER cue, is not seen by this model.")
     if stats["data"].get("teachers"):
@@ -282,8 +287,8 @@ def main() -> None:
     ap.add_argument("--max-batch-rows", type=int, help="examples per step at most")
     ap.add_argument("--imdb-train", type=int, default=8000, help="IMDb train reviews to use (time on a CPU)")
     ap.add_argument("--sst2-repeat", type=int, default=1, help="passes over SST-2 train per epoch over IMDb")
-    ap.add_argument("--case-markers", action="store_true",
-                    help="ner: mark capitalised words with reserved tokens (worker/nlp/casing.py)")
+    ap.add_argument("--case-markers", nargs="?", const="added", choices=casing.STYLES, default=None,
+                    help="ner: let the model see capitals through reserved tokens' rows (worker/nlp/casing.py)")
     ap.add_argument("--teacher", action="append", default=[],
                     help="distil from this model as well as the labels (repeat: an ensemble); see `reviews distill`")
     ap.add_argument("--unlabeled", type=Path, help="with --teacher: more texts, JSONL/CSV, that only the teachers label")

@@ -139,6 +139,6 @@ def train_student(student: Student, task: str, texts: list[str], labels: dict[st
     hidden, why = hidden_teacher(task, teachers, student) if cosine_weight > 0 else (None, "off: --cosine-weight 0")
     progress(f"hidden-state loss {why}")
     stats = fit(student.model, encoded, config, tok.pad_token_id, task == "ner", None, progress, hidden,
-                cosine_weight)
+                cosine_weight, student.marking)
     stats["hidden_state_loss"] = why
     return stats

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..nlp.batching import group_by_budget
 from ..nlp.bio import bio_spans
-from ..nlp.casing import CaseMarking
+from ..nlp.casing import CaseMarking, model_inputs
 from ..nlp.device import autocast, pick_device, pick_precision
 from ..nlp.types import NER_TAGS
 from .data import NerSentence, SentimentExample, sentence_text
@@ -120,7 +120,7 @@ def encode_ner_spans(tokenizer, items: Sequence[tuple[str, Sequence[tuple[int, i
         if marking is not None:
             ids, offsets, is_marker = marking.mark(text, ids, offsets, starts)
             # A marker carries no tag (-100): the word's tag sits on its first piece, as the engine reads it.
-            starts = [not m and not vocab[i].startswith("##") for i, m in zip(ids, is_marker)]
+            starts = [not m and not vocab[i % len(vocab)].startswith("##") for i, m in zip(ids, is_marker)]
         ids, offsets, starts = (x[: config.max_length - 2] for x in (ids, offsets, starts))
         labels = word_labels(offsets, starts, spans, tag_id) if spans is not None else [-100] * len(ids)
         targets = None
@@ -185,8 +185,11 @@ def collate(examples: list[Encoded], batch: list[int], pad_id: int, per_token: b
 
 
 def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_token: bool, teacher=None,
-        progress: Callable[[str], None] = print, hidden_teacher=None, cosine_weight: float = 1.0) -> dict:
-    """Train `model` in place; return statistics (steps, seconds, examples/s, final loss)."""
+        progress: Callable[[str], None] = print, hidden_teacher=None, cosine_weight: float = 1.0,
+        marking: CaseMarking | None = None) -> dict:
+    """Train `model` in place; return statistics (steps, seconds, examples/s, final loss).
+    marking: the case marking of `model` (and of `teacher`, a copy of it), whose "added" style
+    the ids of `examples` carry (casing.py)."""
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -223,13 +226,14 @@ def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_to
             ids, mask, labels = (t.to(device) for t in collate(examples, batch, pad_id, per_token))
             soft = collate_soft(examples, batch, ids.shape[1], per_token)
             with autocast(device, precision):
-                out = model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden_teacher is not None)
+                out = model(**model_inputs(model, ids, marking), attention_mask=mask,
+                            output_hidden_states=hidden_teacher is not None)
                 logits = out.logits
                 with torch.no_grad():
                     if teacher is not None:
-                        teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits
+                        teacher_logits = teacher(**model_inputs(teacher, ids, marking), attention_mask=mask).logits
                     if hidden_teacher is not None:
-                        teacher_hidden = hidden_teacher(input_ids=ids, attention_mask=mask,
+                        teacher_hidden = hidden_teacher(**model_inputs(hidden_teacher, ids, marking), attention_mask=mask,
                                                         output_hidden_states=True).hidden_states[-1]
             if soft is not None:
                 loss = soft_target_loss(logits, soft.to(device), labels, config.alpha, config.temperature)
@@ -271,6 +275,7 @@ def train_sentiment(model, tokenizer, examples: Sequence[SentimentExample], conf
 
 
 def train_ner(model, tokenizer, items: list[Encoded], config: TrainConfig, teacher=None,
-              progress: Callable[[str], None] = print) -> dict:
-    """`items` come from encode_ner (CoNLL sentences) or encode_ner_spans (texts with char spans)."""
-    return fit(model, items, config, tokenizer.pad_token_id, True, teacher, progress)
+              progress: Callable[[str], None] = print, marking: CaseMarking | None = None) -> dict:
+    """`items` come from encode_ner (CoNLL sentences) or encode_ner_spans (texts with char spans),
+    marked with `marking`, the model's case marking."""
+    return fit(model, items, config, tokenizer.pad_token_id, True, teacher, progress, marking=marking)
