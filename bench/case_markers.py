@@ -1,8 +1,10 @@
-"""What case markers cost at serving: the NER engine on the same real reviews with two models, one
-without markers and one with (worker/nlp/casing.py), in alternating rounds so that both see the same
-machine load. Prints tokens per review and reviews/s for each, and their ratio.
+"""What case markers cost at serving: the NER engine on the same real reviews with a model without
+markers and one or more with them (worker/nlp/casing.py, either style), in alternating rounds so that
+all see the same machine load. Prints tokens per review and reviews/s for each, and each one's speed
+against the plain model.
 
     python bench/case_markers.py --plain OLD_NER_DIR --marked worker/models/ner --reviews 512 --rounds 5
+    python bench/case_markers.py --plain A --marked B --marked C --precision bf16
 
 Reviews: the unlabeled IMDb reviews of ../shared/data (REVIEWS_DATA_DIR), never the labeled splits.
 """
@@ -34,7 +36,7 @@ def cpu_name() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plain", required=True, help="NER model without case markers")
-    ap.add_argument("--marked", required=True, help="NER model with case markers")
+    ap.add_argument("--marked", required=True, action="append", help="NER model with case markers (repeatable)")
     ap.add_argument("--reviews", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64, help="reviews per predict call, as one queue message")
@@ -50,8 +52,9 @@ def main() -> None:
     with gzip.open(data / "imdb" / "unsup.jsonl.gz", "rt", encoding="utf-8") as f:
         reviews = [json.loads(line)["text"] for _, line in zip(range(args.reviews + 64), f)]
     warm, texts = reviews[:64], reviews[64:]
-    engines = {"plain": load_ner(args.plain, precision=args.precision),
-               "marked": load_ner(args.marked, precision=args.precision)}
+    engines = {"plain": load_ner(args.plain, precision=args.precision)}
+    for k, source in enumerate(args.marked):
+        engines[f"marked{k + 1 if len(args.marked) > 1 else ''}"] = load_ner(source, precision=args.precision)
     tokens = {}
     for name, engine in engines.items():
         engine.predict(warm)
@@ -68,12 +71,16 @@ def main() -> None:
             times[name].append(time.perf_counter() - started)
     print(f"host: {cpu_name()}, {torch.get_num_threads()} torch threads; {len(texts)} IMDb unsup reviews, "
           f"batches of {args.batch_size}, median of {args.rounds} alternating rounds")
-    for name, engine in engines.items():
+    sources = [args.plain, *args.marked]
+    for (name, engine), source in zip(engines.items(), sources):
         t = statistics.median(times[name])
-        print(f"{name:7} precision {engine.precision:5} {tokens[name] / len(texts):6.1f} tokens/review "
-              f"{len(texts) / t:7.1f} reviews/s  (rounds: {', '.join(f'{x:.2f}' for x in times[name])} s)")
-    ratio = statistics.median(times["plain"]) / statistics.median(times["marked"])
-    print(f"marked/plain speed: {ratio:.3f} (tokens: +{tokens['marked'] / tokens['plain'] - 1:.1%})")
+        style = engine.casing.style if engine.casing else "none"
+        print(f"{name:8} {source}: case {style:8} precision {engine.precision:5} "
+              f"{tokens[name] / len(texts):6.1f} tokens/review {len(texts) / t:7.1f} reviews/s  "
+              f"(rounds: {', '.join(f'{x:.2f}' for x in times[name])} s)")
+    for name in list(engines)[1:]:
+        ratio = statistics.median(times["plain"]) / statistics.median(times[name])
+        print(f"{name}/plain speed: {ratio:.3f} (tokens: {tokens[name] / tokens['plain'] - 1:+.1%})")
 
 
 if __name__ == "__main__":
