@@ -58,7 +58,25 @@ def write(session: Session, reviews: Sequence[ReviewFacts], sentiments: Sequence
         for i, es in zip(ids, entities) for e in es
     ]
     if entity_rows:
-        session.execute(EntityRow.__table__.insert(), entity_rows)
+        insert_entities(session, entity_rows)
+
+
+ENTITY_COLUMNS = ("review_id", "model_version_id", "label", "text", "entity_key", "start_char", "end_char", "score")
+
+
+def insert_entities(session: Session, rows: list[dict]) -> None:
+    """Plain inserts of entity rows. On PostgreSQL through psycopg: COPY, which streams the rows
+    instead of building and parsing multi-row INSERT statements; a batch of 64 reviews can hold
+    thousands of entities, and COPY wrote 9,280 of them 2.6x as fast (bench/RESULTS.md)."""
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql" or bind.dialect.driver != "psycopg":
+        session.execute(EntityRow.__table__.insert(), rows)
+        return
+    # The session's own connection: the rows are part of the batch's transaction.
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cursor, cursor.copy(f"COPY entities ({', '.join(ENTITY_COLUMNS)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in ENTITY_COLUMNS])
 
 
 def latest(session: Session, model, ids: list[int]) -> dict[int, tuple]:
