@@ -6,7 +6,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from typing import Callable
+
+from sqlalchemy import Engine, bindparam, create_engine, event, func, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -93,3 +95,26 @@ def insert(session: Session, model):
     """An INSERT that supports ON CONFLICT on both PostgreSQL and SQLite."""
     dialect = session.get_bind().dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+
+
+def upsert(session: Session, model, rows: list[dict], index_elements: list[str],
+           update: Callable[[object], dict]) -> None:
+    """INSERT `rows` ON CONFLICT (index_elements) DO UPDATE SET update(stmt) (`stmt.excluded` is the
+    row that was refused). Rows with the same key: the last one wins, as if executed one by one.
+
+    PostgreSQL gets one statement whose rows come from one array per column (unnest): a single
+    statement to plan and run, where executemany sent one statement per row. SQLite runs in-process,
+    where executemany costs little."""
+    if not rows:
+        return
+    rows = list({tuple(r[k] for k in index_elements): r for r in rows}.values())
+    if session.get_bind().dialect.name == "postgresql":
+        table = getattr(model, "__table__", model)
+        columns = list(rows[0])
+        arrays = [func.unnest(bindparam(None, [r[c] for r in rows], type_=postgresql.ARRAY(table.c[c].type)))
+                  for c in columns]
+        stmt = postgresql.insert(table).from_select(columns, select(*arrays))
+        session.execute(stmt.on_conflict_do_update(index_elements=index_elements, set_=update(stmt)))
+    else:
+        stmt = sqlite.insert(model)
+        session.execute(stmt.on_conflict_do_update(index_elements=index_elements, set_=update(stmt)), rows)

@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from . import rollups
-from .db import insert
+from .db import upsert
 from .nlp.types import Entity, Sentiment
 from .rollups import ReviewFacts
 from .schema import EntityRow, JobReview, ModelVersion, NerResult, Review, SentimentResult, utcnow
@@ -23,33 +23,24 @@ COLUMNS = ["id", "product_id", "rating", "language", "sentiment", "probability",
 
 def write(session: Session, reviews: Sequence[ReviewFacts], sentiments: Sequence[Sentiment],
           entities: Sequence[list[Entity]], sentiment_version_id: int, ner_version_id: int) -> None:
-    """A few statements per table for the whole batch: executemany, which SQLAlchemy sends as
-    multi-row INSERTs (its "insertmanyvalues" mode), with the statement compiled once. Every write
-    is an upsert keyed on (review, model version): a redelivered batch changes nothing. The dashboard
-    rollups move with the results, in the same transaction."""
+    """One statement per table for the whole batch (db.upsert; entities by COPY on PostgreSQL).
+    Every write is an upsert keyed on (review, model version): a redelivered batch changes nothing.
+    The dashboard rollups move with the results, in the same transaction."""
     now = utcnow()
     ids = [r.id for r in reviews]
     rollups.update(session, reviews, sentiments, entities, sentiment_version_id, ner_version_id)
-    stmt = insert(session, SentimentResult)
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["review_id", "model_version_id"],
-            set_=dict(label=stmt.excluded.label, probability=stmt.excluded.probability, score=stmt.excluded.score,
-                      created_at=stmt.excluded.created_at),
-        ),
-        [dict(review_id=i, model_version_id=sentiment_version_id, label=s.label, probability=s.probability,
-              score=s.score, created_at=now) for i, s in zip(ids, sentiments)],
-    )
-    stmt = insert(session, NerResult)
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["review_id", "model_version_id"],
-            set_=dict(entity_count=stmt.excluded.entity_count, sentiment_version_id=stmt.excluded.sentiment_version_id,
-                      created_at=stmt.excluded.created_at),
-        ),
-        [dict(review_id=i, model_version_id=ner_version_id, entity_count=len(es),
-              sentiment_version_id=sentiment_version_id, created_at=now) for i, es in zip(ids, entities)],
-    )
+    keys = ["review_id", "model_version_id"]
+    upsert(session, SentimentResult,
+           [dict(review_id=i, model_version_id=sentiment_version_id, label=s.label, probability=s.probability,
+                 score=s.score, created_at=now) for i, s in zip(ids, sentiments)], keys,
+           lambda stmt: dict(label=stmt.excluded.label, probability=stmt.excluded.probability,
+                             score=stmt.excluded.score, created_at=stmt.excluded.created_at))
+    upsert(session, NerResult,
+           [dict(review_id=i, model_version_id=ner_version_id, entity_count=len(es),
+                 sentiment_version_id=sentiment_version_id, created_at=now) for i, es in zip(ids, entities)], keys,
+           lambda stmt: dict(entity_count=stmt.excluded.entity_count,
+                             sentiment_version_id=stmt.excluded.sentiment_version_id,
+                             created_at=stmt.excluded.created_at))
     # A redelivered batch replaces the entities it wrote before: delete, then insert.
     session.execute(delete(EntityRow).where(EntityRow.review_id.in_(ids), EntityRow.model_version_id == ner_version_id))
     entity_rows = [

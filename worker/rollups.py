@@ -17,7 +17,7 @@ from typing import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .db import insert
+from .db import upsert
 from .nlp.types import Entity, Sentiment
 from .schema import EntityDaily, EntityRow, NerResult, SentimentDaily, SentimentResult
 
@@ -124,7 +124,5 @@ def _apply(session: Session, table, keys: list[str], values: list[str], deltas: 
     rows = [dict(zip(keys, k)) | dict(zip(values, v)) for k, v in sorted(deltas.items()) if any(v)]
     if not rows:
         return
-    stmt = insert(session, table)
     columns = table.__table__.c
-    session.execute(stmt.on_conflict_do_update(index_elements=keys,
-                                               set_={v: columns[v] + stmt.excluded[v] for v in values}), rows)
+    upsert(session, table, rows, keys, lambda stmt: {v: columns[v] + stmt.excluded[v] for v in values})
