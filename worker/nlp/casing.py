@@ -45,7 +45,7 @@ class CaseMarking:
     title_id: int
     upper_id: int
     style: str = "inserted"
-    vocab_size: int = 0  # "added": the offset of case in a token id (the embedding matrix's rows)
+    vocab_size: int = 0  # "added": the offset of case in a token id (the tokenizer's size)
 
     @property
     def ids(self) -> frozenset[int]:
@@ -88,18 +88,12 @@ class CaseMarking:
         return word_embeddings(input_ids - case * self.vocab_size) + rows[case]
 
 
-def plain_ids(input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Ids without the case of the "added" style, for a model that does not read it."""
-    return torch.remainder(input_ids, vocab_size)
-
-
 def model_inputs(model, input_ids: torch.Tensor, marking: CaseMarking | None) -> dict:
-    """The keyword arguments for a transformers model's forward: `inputs_embeds` where ids carry
-    case in the "added" style, else `input_ids` (without any such case, which `model` cannot read)."""
-    embeddings = model.get_input_embeddings()
+    """The keyword arguments for a transformers model's forward: `inputs_embeds` where the ids
+    carry case in the "added" style, else the ids themselves."""
     if marking is not None and marking.style == "added":
-        return {"inputs_embeds": marking.embed(embeddings, input_ids)}
-    return {"input_ids": plain_ids(input_ids, embeddings.num_embeddings)}
+        return {"inputs_embeds": marking.embed(model.get_input_embeddings(), input_ids)}
+    return {"input_ids": input_ids}
 
 
 def for_model(config, tokenizer) -> CaseMarking | None:
@@ -117,8 +111,8 @@ def for_model(config, tokenizer) -> CaseMarking | None:
     style = markers.get("style", "inserted")  # models built before the "added" style have no key
     if style not in STYLES:
         raise ValueError(f"config.json {CONFIG_KEY}: style {style!r} is not one of {', '.join(STYLES)}")
-    rows = getattr(config, "vocab_size", None) or len(tokenizer)
-    return CaseMarking(title, upper, style, rows)
+    # Every id the tokenizer gives is below len(tokenizer), so case rides above it.
+    return CaseMarking(title, upper, style, len(tokenizer))
 
 
 def enable(config, tokenizer, style: str = "added") -> CaseMarking:
