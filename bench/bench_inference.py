@@ -106,9 +106,9 @@ def pipeline_runs(dirs: dict[str, str], texts: list[str], warm: list[str], round
     clf = pipeline("text-classification", model=dirs["sentiment"], device=-1, dtype=torch.float32)
     for bs in (1, 16):
         clf(warm, batch_size=bs, truncation=True, max_length=512)
-        t = median_time(lambda: clf(texts, batch_size=bs, truncation=True, max_length=512), rounds)
+        t = median_time(lambda: clf(texts, batch_size=bs, truncation=True, max_length=512), rounds)  # noqa: B023
         table.add(f"pipeline text-classification, batch_size={bs}", t, "fp32, truncates at 512 tokens")
-    del clf
+    clf = None  # its memory back before the NER pipeline loads
     if with_ner:
         ner = pipeline("token-classification", model=dirs["ner"], device=-1, dtype=torch.float32,
                        aggregation_strategy="simple", stride=128)
@@ -149,11 +149,31 @@ def engine_runs(dirs: dict[str, str], texts: list[str], warm: list[str], batch_s
     # The CPU share of tokenizing (what a tokenizer thread beside the model could hide at best).
     from worker.nlp import batching
 
+    from bench.flops import matmul_peak, model_flops
+
+    for name, engine in (("sentiment", sentiment), ("ner", ner)):
+        encoded = batching.encode(engine.tokenizer, [t[: engine.options.max_chars] for t in texts])
+        windows = batching.make_windows(encoded, engine.options.max_length, engine.options.stride)
+        out[f"{name}_flops"] = model_flops(engine.model.config, [len(w.ids) + 2 for w in windows])
+    out["peak"] = matmul_peak(sentiment.model.config)
     out["tokenize_s"] = median_time(lambda: [batching.make_windows(batching.encode(sentiment.tokenizer, c),
                                                                    sentiment.options.max_length,
                                                                    sentiment.options.stride)
                                              for c in chunks(texts, batch_size)], rounds)
     return out
+
+
+def peak_line(engine_out: dict, table: Table) -> str:
+    """The engine's achieved model FLOP/s against the host's measured matrix-product peak (bench/flops.py)."""
+    peak = engine_out["peak"]
+    parts = []
+    for name, row in (("sentiment", "engine sentiment"), ("ner", "engine NER")):
+        achieved = engine_out[f"{name}_flops"] * table.rate(row) / table.n_reviews
+        parts.append(f"{name} {achieved / 1e9:.0f} GFLOP/s = " + ", ".join(
+            f"{achieved / p:.0%} of the {k} peak" for k, p in peak.items() if k != "fp32"))
+    return ("fraction of peak (model FLOPs of a plain forward over the engine's windows; peak: the model's "
+            "fastest linear shape at 2048 rows, " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peak.items())
+            + "): " + "; ".join(parts))
 
 
 def reference_runs(dirs: dict[str, str], texts: list[str], batch_size: int) -> dict:
@@ -373,6 +393,7 @@ def main() -> None:
         f"agreement with float32 (transformers' forward): sentiment labels {100 * label_agree:.2f}% "
         f"({len(texts)} reviews); entity spans exact: {100 * recall:.2f}% of the {n_ref} float32 entities found, "
         f"{100 * precision:.2f}% of the engine's {sum(len(e) for e in engine_out['ner'])} entities in float32",
+        peak_line(engine_out, table),
         f"tokenizing and windowing all reviews: {1000 * engine_out['tokenize_s']:.0f} ms, "
         f"{100 * engine_out['tokenize_s'] * table.rate('engine sentiment') / len(texts):.1f}% of the engine's sentiment time",
     ]
