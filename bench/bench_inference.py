@@ -308,6 +308,14 @@ def write_statements(sessions, ids, sentiments, entities) -> dict:
             statements.append(statement.split(None, 3)[:3])
 
         event.listen(engine, "before_cursor_execute", count)
+        insert_entities = results.insert_entities
+
+        def counted_insert(session, rows):  # COPY goes through the driver's cursor, past SQLAlchemy's events
+            if session.get_bind().dialect.name == "postgresql":
+                statements.append(["COPY", "entities", "FROM STDIN"])
+            insert_entities(session, rows)
+
+        results.insert_entities = counted_insert
         try:
             started = time.perf_counter()
             facts = [ReviewFacts(i, date(2025, 1, 1), "") for i in ids]  # the rollups' day and product
@@ -316,6 +324,7 @@ def write_statements(sessions, ids, sentiments, entities) -> dict:
             seconds = time.perf_counter() - started
         finally:
             event.remove(engine, "before_cursor_execute", count)
+            results.insert_entities = insert_entities
     return {"reviews": len(ids), "entities": sum(len(e) for e in entities), "statements": len(statements),
             "kinds": [" ".join(x) for x in statements], "ms": 1000 * seconds}
 
