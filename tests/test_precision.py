@@ -53,8 +53,8 @@ class GarbageForward(batching.Forward):
         shape = (*input_ids.shape, n) if input_ids.dim() == 2 and self.per_token else (input_ids.shape[0], n)
         return 10 * torch.randn(shape, generator=torch.Generator().manual_seed(1))
 
-    def __init__(self, model, device, precision_, per_token, use_fast=True):
-        super().__init__(model, device, precision_, per_token, use_fast)
+    def __init__(self, model, device, precision_, per_token, use_fast=True, marking=None):
+        super().__init__(model, device, precision_, per_token, use_fast, marking)
         self.per_token = per_token
 
 
@@ -176,6 +176,38 @@ def test_a_candidate_that_fails_the_agreement_check_is_never_picked(home, tiny_m
     assert loader(str(tiny_models[task])).precision == "fp32"
 
 
+class SlowForward(batching.Forward):
+    """A precision's forward that answers right, but far slower than fp32: int8 on a CPU without VNNI."""
+
+    calls: dict[str, int] = {}
+
+    def __call__(self, input_ids, attention_mask):
+        SlowForward.calls[self.precision] = SlowForward.calls.get(self.precision, 0) + 1
+        if self.precision != "fp32":
+            time.sleep(0.25)
+        return super().__call__(input_ids, attention_mask)
+
+
+def test_a_candidate_far_slower_than_fp32_is_dropped_after_its_first_batch(home, tiny_models, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="worker.nlp.precision")
+    monkeypatch.setattr(precision.int8, "available", lambda: True)
+    monkeypatch.setattr(SlowForward, "calls", {})
+    monkeypatch.setattr(precision.batching, "Forward", SlowForward)
+    three = precision.synthetic_batches  # the tiny model's 64 positions fit one length; time three
+    monkeypatch.setattr(precision, "synthetic_batches", lambda *a: three(*a, lengths=(16, 32, 64)))
+    s = load_sentiment(str(tiny_models["sentiment"]))
+    assert s.precision == "fp32"
+    (entry,) = cache_entries(home).values()
+    assert len(entry["trials"]) > 1
+    for t in entry["trials"]:
+        if t["precision"] == "fp32":  # the warm-up and all three batches
+            assert t["passed"] and not t["note"] and SlowForward.calls["fp32"] == 4
+        else:  # right answers, but stopped after the first timed batch: the warm-up and that batch
+            assert not t["passed"] and t["note"].startswith("dropped after batch 1:")
+            assert SlowForward.calls[t["precision"]] == 2 and t["agreement"] == 1.0
+    assert "dropped after batch 1" in caplog.text
+
+
 def test_ner_never_gets_int8_when_its_tag_agreement_fails(home, tiny_models, monkeypatch):
     monkeypatch.setattr(precision.int8, "available", lambda: True)
     force_garbage(monkeypatch, "int8")
@@ -274,7 +306,8 @@ def test_cuda_is_not_measured(monkeypatch, tiny_models, measured):
 def test_on_the_bundled_models_the_check_keeps_what_real_reviews_kept(monkeypatch):
     """On 1,024 real reviews (bench/RESULTS.md) int8 agreed with fp32 on 99.71% of sentiment labels
     but moved 2% of entity spans, and bf16 agreed on 99.65% of spans: the check on synthetic ids
-    must come to the same verdicts."""
+    must come to the same verdicts (on any CPU: a slow candidate is timed to the end here)."""
+    monkeypatch.setattr(precision, "DROP_SLOWER_THAN_FP32", float("inf"))
     verdicts = {}
     for task, path in (("sentiment", BUNDLED_SENTIMENT), ("ner", BUNDLED_NER)):
         model, tokenizer, dev, _ = loading.load(str(path), task, "cpu", "fp32")

@@ -15,11 +15,13 @@ kept ones, the fastest wins if it beats the flags' own choice (bf16 where it is 
 more than 5%; within that, the flags' choice stays. Timings taken while other processes keep over a
 quarter of the CPUs busy say little: then the flags' choice is used for this run, and not cached.
 
+A candidate that runs over 3x fp32's time is dropped at once: on an AVX2-only EPYC (no VNNI),
+torch._int_mm ran 30x slower than fp32, and timing it to the end took 11.5 s of the worker's start.
+
 The choice is cached in REVIEWS_HOME/cache/precision.json, keyed by the CPU model name, torch
-version, torch threads, task and the model's shape (type, hidden size, layers, heads, intermediate
-size), so later starts of the same model shape on the same kind of machine pay nothing. A missing,
-corrupt or unreadable cache is ignored (and rewritten where it can be); a lock file makes processes
-that start together measure one at a time, so the second reads the first one's result.
+version, torch threads, task and the model's shape, so later starts of the same model shape on the
+same kind of machine pay nothing. A missing, corrupt or unreadable cache is ignored (and rewritten
+where it can be); a lock file makes processes that start together measure one at a time.
 
 On CUDA there is nothing to measure: bf16 where the GPU supports it, else fp16 (device.pick_precision).
 """
@@ -46,18 +48,16 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 LENGTHS = (128, 512)  # window lengths timed: a typical review, and the longest window
-# Padded tokens in each timed batch: half the CPU token budget (batching.default_token_budget, 2048).
-# Per token, 1024-token batches ran within noise of 2048-token ones at bf16 and int8 alike
-# (bench/RESULTS.md, bench_variants), and half the tokens is half the cost of measuring.
+# Padded tokens in each timed batch: half the CPU token budget (2048); per token, 1024-token batches
+# ran within noise of 2048-token ones (bench/RESULTS.md), at half the cost of measuring.
 TOKENS_PER_BATCH = 1024
-# The agreement check on synthetic ids (see `agreement`): fp32's top two probabilities closer than
-# NEAR_TIE are a tie that does not count; of the rest, a candidate must agree on MIN_AGREEMENT.
-# On the bundled models these reproduce the verdicts measured on 1,024 real reviews (RESULTS.md):
-# sentiment int8 99.71% of labels (kept), NER bf16 99.65% of entity spans (kept), NER int8 97.7-98.2%
-# (rejected: here 97.5-98.1% of decided entity tokens; bf16 100%).
+# The agreement check (`agreement`): fp32's top two probabilities closer than NEAR_TIE are a tie that
+# does not count; of the rest, a candidate must agree on MIN_AGREEMENT. On the bundled models these
+# reproduce the verdicts of 1,024 real reviews (RESULTS.md: sentiment int8 kept, NER int8 rejected).
 NEAR_TIE = {"sentiment": 0.1, "ner": 0.05}
 MIN_AGREEMENT = {"sentiment": 1.0, "ner": 0.99}
 PREFER_WITHIN = 0.05  # another candidate must beat the default by this much to be picked (timing noise)
+DROP_SLOWER_THAN_FP32 = 3.0  # slower than this on the batches so far: dropped (int8 on CPUs without VNNI)
 MAX_OTHERS_BUSY = 0.25  # share of the machine other processes may use while timing, for the result to be cached
 
 
@@ -67,6 +67,7 @@ class Trial:
     seconds: float  # the timed batches, summed
     agreement: float  # with fp32 on the same inputs (1.0 for fp32 itself)
     passed: bool
+    note: str = ""  # why it was dropped before the end, if it was
 
 
 def candidates(task: str | None) -> list[str]:
@@ -89,16 +90,12 @@ def cache_path() -> Path:
 
 
 def model_shape(model) -> dict:
-    """What the speed of a forward depends on, read from the model's config (DistilBERT's names,
-    else BERT-style names)."""
+    """What the speed of a forward depends on, from the config (DistilBERT's names, else BERT's)."""
     c = model.config
-
-    def first(*names):
-        return next((getattr(c, n) for n in names if getattr(c, n, None) is not None), None)
-
-    return {"type": getattr(c, "model_type", type(model).__name__), "hidden": first("dim", "hidden_size"),
-            "layers": first("n_layers", "num_hidden_layers"), "heads": first("n_heads", "num_attention_heads"),
-            "intermediate": first("hidden_dim", "intermediate_size")}
+    names = {"hidden": ("dim", "hidden_size"), "layers": ("n_layers", "num_hidden_layers"),
+             "heads": ("n_heads", "num_attention_heads"), "intermediate": ("hidden_dim", "intermediate_size")}
+    return {"type": getattr(c, "model_type", type(model).__name__)} | {
+        k: next((getattr(c, n) for n in ns if getattr(c, n, None) is not None), None) for k, ns in names.items()}
 
 
 def cache_key(model, task: str) -> str:
@@ -194,7 +191,7 @@ def choose(model, tokenizer, device: torch.device, task: str) -> str:
         pick = fastest(trials, default=cpu_float_precision(), timings_usable=quiet)
         log.info("precision for %s: %s, measured in %.1f s: %s", task, pick, cost, "; ".join(
             f"{t.precision} {1000 * t.seconds:.0f} ms, agreement {100 * t.agreement:.1f}%"
-            + ("" if t.passed else " (rejected)") for t in trials))
+            + ("" if t.passed else f" (rejected{': ' + t.note if t.note else ''})") for t in trials))
         if not quiet:
             log.warning("precision for %s: other processes used %.0f%% of the CPUs while it was measured, so "
                         "the timings say little: %s for this run (the flags' choice where it passed), not "
@@ -239,10 +236,9 @@ def synthetic_batches(tokenizer, vocab_size: int, max_positions: int, token_budg
         ids = torch.full((rows, length), pad_id, dtype=torch.long)
         mask = torch.zeros((rows, length), dtype=torch.long)
         for r in range(rows):
-            n = length - (r * 3 if r >= rows // 2 else 0)  # half full, half up to a few tokens shorter
-            n = max(3, n)
-            ids[r, 0], ids[r, 1:n - 1], ids[r, n - 1] = cls_id, ordinary[torch.randint(len(ordinary), (n - 2,),
-                                                                                      generator=gen)], sep_id
+            n = max(3, length - (r * 3 if r >= rows // 2 else 0))  # half full, half a few tokens shorter
+            body = ordinary[torch.randint(len(ordinary), (n - 2,), generator=gen)]
+            ids[r, 0], ids[r, 1:n - 1], ids[r, n - 1] = cls_id, body, sep_id
             mask[r, :n] = 1
         out.append((ids, mask))
     return out
@@ -297,8 +293,10 @@ def measure(model, tokenizer, device: torch.device, task: str, precisions: list[
         for p, fwd in forwards.items():
             with fwd.context():
                 fwd(warm_ids.to(device), warm_mask.to(device))
+        active = list(precisions)
+        dropped: dict[str, str] = {}
         for k, (ids, mask) in enumerate(batches):
-            order = precisions[k % len(precisions):] + precisions[:k % len(precisions)]
+            order = active[k % len(active):] + active[:k % len(active)]
             for p in order:
                 fwd = forwards[p]
                 with fwd.context():
@@ -306,11 +304,17 @@ def measure(model, tokenizer, device: torch.device, task: str, precisions: list[
                     logits = fwd(ids.to(device), mask.to(device)).float().cpu()
                     seconds[p] += time.perf_counter() - started
                 outputs[p].append(logits)
+            for p in active[1:]:  # active[0] is fp32
+                if seconds[p] > DROP_SLOWER_THAN_FP32 * seconds["fp32"]:
+                    dropped[p] = f"dropped after batch {k + 1}: {seconds[p] / seconds['fp32']:.1f}x fp32's time"
+            active = [p for p in active if p not in dropped]
     del forwards
     masks = [m for _, m in batches]
     outside = (getattr(model.config, "label2id", None) or {}).get("O", 0)
     trials = []
     for p in precisions:
-        value = 1.0 if p == "fp32" else agreement(task, outputs[p], outputs["fp32"], masks, outside)
-        trials.append(Trial(p, seconds[p], value, value >= MIN_AGREEMENT[task]))
+        n = len(outputs[p])
+        value = 1.0 if p == "fp32" else agreement(task, outputs[p], outputs["fp32"][:n], masks[:n], outside)
+        trials.append(Trial(p, seconds[p], value, value >= MIN_AGREEMENT[task] and p not in dropped,
+                            dropped.get(p, "")))
     return trials

@@ -159,15 +159,14 @@ def hardware() -> str:
     """The CPU (or GPU) model and the torch threads used, for the model card."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA)"
-    name = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+        info = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return f"{name}, {torch.get_num_threads()} torch threads, no GPU"
+        info = []
+    name = next((x.split(":", 1)[1].strip() for x in info if x.startswith("model name")), platform.machine())
+    flags = next((set(x.split(":", 1)[1].split()) for x in info if x.startswith("flags")), set())
+    isa = ", ".join(f for f in ("avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags) or "no AVX-512 BF16/VNNI"
+    return f"{name} ({isa}), {torch.get_num_threads()} torch threads, no GPU"
 
 
 def write_card(out: Path, task: str, stats: dict) -> None:
@@ -229,7 +228,7 @@ def write_card(out: Path, task: str, stats: dict) -> None:
         f"AdamW, lr {cfg['lr']}, weight decay {cfg['weight_decay']}, linear warmup {cfg['warmup_ratio']:.0%} then"
         f" linear decay, {cfg['epochs']} epoch(s), length-bucketed batches of at most"
         f" {cfg.get('max_batch_rows', 64)} examples and {cfg['batch_tokens']} padded tokens, max length"
-        f" {cfg['max_length']} tokens, gradient clipping at 1.0, bf16 autocast, seed {cfg['seed']};"
+        f" {cfg['max_length']} tokens, gradient clipping at 1.0, {stats.get('precision', 'bf16')} compute, seed {cfg['seed']};"
         f" {stats['steps']:,} steps, {stats['seconds'] / 60:.1f} minutes of training on {stats['hardware']}"
         f" ({stats['examples_per_s']} examples/s).",
         "",
