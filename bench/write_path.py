@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -24,6 +22,7 @@ from sqlalchemy.dialects import postgresql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import machine  # noqa: E402
 from worker import db, migrate, results, rollups  # noqa: E402
 from worker.nlp.types import Entity, Sentiment  # noqa: E402
 from worker.rollups import ReviewFacts  # noqa: E402
@@ -40,12 +39,6 @@ def executemany_upsert(session, model, rows, index_elements, update) -> None:
 def insert_entities(session, rows) -> None:
     """The path before COPY."""
     session.execute(EntityRow.__table__.insert(), rows)
-
-
-def host() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)
-                .stdout.splitlines() if line.startswith("Model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -107,7 +100,7 @@ def run(url: str, args) -> None:
                 timings[(path, kept)].append(1000 * (time.perf_counter() - started))
         finally:
             results.upsert, rollups.upsert, results.insert_entities, rollups.update = shipped
-    print(f"# {host()}; batches of {args.size} new reviews, {args.entities} entities each, over {args.days} days;"
+    print(f"# {machine()}; batches of {args.size} new reviews, {args.entities} entities each, over {args.days} days;"
           f" {args.batches} batches per arm, interleaved")
     print("| path | rollups | p50 ms | p95 ms | reviews/s | vs executemany |\n| --- | --- | ---: | ---: | ---: | ---: |")
     for path, kept in arms:

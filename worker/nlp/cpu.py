@@ -16,7 +16,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @lru_cache(maxsize=1)
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The flags /proc/cpuinfo lists for this CPU (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
@@ -41,7 +42,7 @@ def cpu_model_name() -> str:
 
 def cpu_has_fast_bf16() -> bool:
     """AVX-512 BF16 or AMX: bf16 matmuls run several times faster than fp32 there."""
-    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def cpu_float_precision() -> str:
@@ -51,7 +52,7 @@ def cpu_float_precision() -> str:
 
 def cpu_has_vnni() -> bool:
     """int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX int8)."""
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
 
 
 class Busy:

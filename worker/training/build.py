@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 from pathlib import Path
@@ -159,14 +158,11 @@ def hardware() -> str:
     """The CPU (or GPU) model and the torch threads used, for the model card."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA)"
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        info = []
-    name = next((x.split(":", 1)[1].strip() for x in info if x.startswith("model name")), platform.machine())
-    flags = next((set(x.split(":", 1)[1].split()) for x in info if x.startswith("flags")), set())
+    from ..nlp.cpu import cpu_flags, cpu_model_name
+
+    flags = cpu_flags()
     isa = ", ".join(f for f in ("avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags) or "no AVX-512 BF16/VNNI"
-    return f"{name} ({isa}), {torch.get_num_threads()} torch threads, no GPU"
+    return f"{cpu_model_name()} ({isa}), {torch.get_num_threads()} torch threads, no GPU"
 
 
 def write_card(out: Path, task: str, stats: dict) -> None:
