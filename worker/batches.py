@@ -22,10 +22,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from . import jobs, language, logs, metrics, results
+from .db import update_by_id
 from .nlp.types import ModelLoadError
 from .rollups import ReviewFacts, utc_day
 from .schema import Review
@@ -89,7 +90,7 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
         raise RuntimeError(f"the engine returned {len(sentiments)} sentiments and {len(entities)} entity lists "
                            f"for {len(ids)} reviews")
     with sessions() as session:
-        session.execute(update(Review), [{"id": r.id, "language": lang} for r, lang in zip(rows, detected)])
+        update_by_id(session, Review, "language", {r.id: lang for r, lang in zip(rows, detected)})
         if ids:
             results.write(session, facts, sentiments, entities, models.sentiment_version_id, models.ner_version_id)
         if job_id is not None:
