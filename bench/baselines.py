@@ -247,7 +247,7 @@ def runtime_table(dirs: dict[str, str], task: str, texts: list[str], warm: list[
 
     # The float32 reference: transformers' forward inside the engine's windows.
     reference = loader(path, device="cpu", precision="fp32")
-    ref_model, _, dev, _ = loading.load(path, task, "cpu", "fp32")
+    ref_model, _, dev, _ = loading.load(path, task, "cpu", "fp32", use_transformers=True)
     reference = with_forward(reference, batching.Forward(ref_model, dev, "fp32", task == "ner", use_fast=False))
     ref_out = engine_predict(reference)(texts)
     base = loader(path, device="cpu", precision="fp32")  # tokenizer, windows and labels for the runtimes

@@ -187,7 +187,7 @@ def reference_runs(dirs: dict[str, str], texts: list[str], batch_size: int) -> d
     out = {}
     for task, loader in (("sentiment", load_sentiment), ("ner", load_ner)):
         engine = loader(dirs[task], device="cpu", precision="fp32")
-        model, _, dev, _ = loading.load(dirs[task], task, "cpu", "fp32")
+        model, _, dev, _ = loading.load(dirs[task], task, "cpu", "fp32", use_transformers=True)
         engine.forward, engine.model = batching.Forward(model, dev, "fp32", task == "ner", use_fast=False), model
         out[task] = [r for c in chunks(texts, batch_size) for r in engine.predict(c)]
     return out

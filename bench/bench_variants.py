@@ -61,7 +61,7 @@ def variant(task: str, path: str, precision: str = "bf16", use_fast: bool = True
 def _hf_forward(task: str, path: str, precision: str) -> batching.Forward:
     from worker.nlp import loading
 
-    model, _, dev, prec = loading.load(path, task, "cpu", precision)
+    model, _, dev, prec = loading.load(path, task, "cpu", precision, use_transformers=True)
     return batching.Forward(model, dev, prec, per_token=task == "ner", use_fast=False)
 
 

@@ -18,9 +18,8 @@ from test_retrain import NEG, POS, add_labels, toy_labels
 from tiny_models import save_tiny
 from worker import distill, registry, retrain
 from worker.db import session_factory
-from worker.nlp import batching, casing
+from worker.nlp import batching, casing, loading
 from worker.nlp.ner import load_ner, word_spans
-from worker.nlp.sentiment import load_sentiment
 from worker.training import soft_targets
 from worker.training.data import SentimentExample
 from worker.training.losses import MeanWordTargets, WordTargets, soft_target_loss
@@ -106,9 +105,10 @@ def test_marked_model_reads_case_and_engine_and_training_mark_alike(marked_ner):
     # The engine's forward and transformers' forward (which training runs) read the ids alike.
     ids = torch.tensor([example.ids])
     mask = torch.ones_like(ids)
+    reference, *_ = loading.load(str(marked_ner), "ner", "cpu", "fp32", use_transformers=True)
     with torch.inference_mode():
         ours = engine.forward(ids, mask)
-        theirs = engine.model(**casing.model_inputs(engine.model, ids, engine.casing), attention_mask=mask).logits
+        theirs = reference(**casing.model_inputs(reference, ids, engine.casing), attention_mask=mask).logits
     assert torch.allclose(ours, theirs, atol=1e-4)
     # Capitals change what the model sees, and so its probabilities.
     (_, upper), (_, lower) = engine.word_probabilities([text, text.lower()])
@@ -166,11 +166,10 @@ def test_soft_targets_are_cached_in_parts_and_a_stopped_run_resumes(tiny_models,
 def _toy_teacher(directory: Path) -> Path:
     """A tiny sentiment model that has learnt the toy task from labels none of the students sees."""
     save_tiny(directory, "sentiment", seed=7)
-    engine = load_sentiment(str(directory), precision="fp32")
+    model, tokenizer, *_ = loading.load(str(directory), "sentiment", "cpu", "fp32", use_transformers=True)
     train = [SentimentExample(t, 1 if y == "positive" else 0) for t, y in toy_labels() if not retrain.is_heldout(t)]
-    train_sentiment(engine.model, engine.tokenizer, train, TrainConfig(epochs=25, lr=3e-3, precision="fp32"),
-                    progress=lambda m: None)
-    engine.model.save_pretrained(directory, safe_serialization=True)
+    train_sentiment(model, tokenizer, train, TrainConfig(epochs=25, lr=3e-3, precision="fp32"), progress=lambda m: None)
+    model.save_pretrained(directory, safe_serialization=True)
     return directory
 
 

@@ -19,6 +19,7 @@ from cli.main import main
 from conftest import make_settings, settings_env
 from tiny_models import SIZES, make_tokenizer
 from worker import model_import, registry
+from worker.nlp import loading
 from worker.db import session_factory
 from worker.nlp.labels import Folded, LabelError, fold_plan, map_labels, parse_map
 from worker.nlp.ner import load_ner
@@ -99,7 +100,7 @@ def test_own_labels_are_mapped_copied_promoted_and_served_after_the_source_is_go
     predictions = served.sentiment.predict(TEXTS)
     assert {p.label for p in predictions} <= {"negative", "positive"}
     # Class 0 of the model is POSITIVE: where its logit wins, the label is "positive".
-    model, tok = served.sentiment.model.float(), served.sentiment.tokenizer
+    model, tok, *_ = loading.load(str(copy), "sentiment", "cpu", "fp32", use_transformers=True)  # its raw logits
     with torch.inference_mode():
         raw = model(**tok(TEXTS, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
     assert [p.label for p in predictions] == ["positive" if i == 0 else "negative" for i in raw]

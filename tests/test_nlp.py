@@ -190,18 +190,23 @@ def _batch(vocab_size: int, rows: int = 3, width: int = 40):
 
 @pytest.mark.parametrize("task", ["sentiment", "ner"])
 def test_fast_forward_matches_transformers_in_fp32(tiny_models, task):
-    from worker.nlp import fast, loading
+    """The engine's own loader and forward give transformers' logits (from_pretrained, its forward)."""
+    from worker.nlp import distilbert, fast, loading
 
     model, *_ = loading.load(str(tiny_models[task]), task, "cpu", "fp32")
-    assert fast.supports(model)
+    reference, *_ = loading.load(str(tiny_models[task]), task, "cpu", "fp32", use_transformers=True)
+    assert isinstance(model, distilbert.Classifier) and not isinstance(reference, distilbert.Classifier)
+    assert fast.supports(model) and fast.supports(reference)
     ids, mask = _batch(model.config.vocab_size)
     with torch.inference_mode():
-        expected = model(input_ids=ids, attention_mask=mask).logits
+        expected = reference(input_ids=ids, attention_mask=mask).logits
         got = fast.DistilBertForward(model, per_token=task == "ner")(ids, mask)
         full = fast.DistilBertForward(model, per_token=task == "ner", cls_only=False)(ids, mask)
+        on_reference = fast.DistilBertForward(reference, per_token=task == "ner")(ids, mask)
     keep = mask.bool() if task == "ner" else slice(None)  # padded positions of a token head are never read
     assert torch.allclose(got[keep], expected[keep], atol=1e-5)
     assert torch.allclose(full[keep], expected[keep], atol=1e-5)  # [CLS]-only last layer changes nothing
+    assert torch.equal(got, on_reference)  # the same weights, read into either model
 
 
 def test_bf16_keeps_layernorms_and_embeddings_in_fp32(tiny_models):
@@ -307,7 +312,7 @@ def test_int8_quantizes_every_linear_but_the_head_and_stays_close_to_fp32(tiny_m
     ref = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").predict(texts)
     s = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="int8")
     assert s.forward.fast
-    plain = [name for name, m in s.model.named_modules() if type(m) is torch.nn.Linear]
+    plain = [name for name, m in s.model.named_modules() if isinstance(m, torch.nn.Linear)]
     assert plain == ["pre_classifier", "classifier"]
     n_layers = s.model.config.n_layers
     assert [name for name, m in s.model.named_modules() if getattr(m, "centered", False)] == [

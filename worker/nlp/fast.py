@@ -25,6 +25,10 @@ from torch import nn
 def supports(model) -> bool:
     """A DistilBERT with a sequence or token classification head, laid out as transformers has
     done since its first release."""
+    from .distilbert import Classifier
+
+    if isinstance(model, Classifier):  # built for this forward (distilbert.py)
+        return True
     base = getattr(model, "distilbert", None)
     if base is None or getattr(model.config, "model_type", "") != "distilbert":
         return False

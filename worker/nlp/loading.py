@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from . import distilbert
 from .device import pick_device, pick_precision
 from .types import ModelLoadError
 
@@ -15,9 +16,14 @@ log = logging.getLogger(__name__)
 HEADS = {"sentiment": "AutoModelForSequenceClassification", "ner": "AutoModelForTokenClassification"}
 
 
-def load(source: str, task: str, device: str = "auto", precision: str = "auto"):
+def load(source: str, task: str, device: str = "auto", precision: str = "auto", use_transformers: bool = False):
     """Return (float32 model on the CPU, tokenizer, torch device, precision name); batching.Forward
     moves the model to the device and sets its precision.
+
+    A DistilBERT directory (ours, or one transformers saved) loads without transformers
+    (distilbert.py: seconds less start-up); anything else, or `use_transformers`, through
+    transformers' from_pretrained, whose model also runs transformers' own forward (the benchmarks'
+    reference).
 
     precision "auto" on CPU is measured on the loaded model (precision.choose: the fastest of fp32,
     bf16 and int8 that agrees with fp32, cached under REVIEWS_HOME); on CUDA it is bf16 or fp16.
@@ -32,12 +38,19 @@ def load(source: str, task: str, device: str = "auto", precision: str = "auto"):
     if looks_local and not (path / "config.json").is_file():
         raise ModelLoadError(f"{task} model {source!r}: no config.json in the directory; is it a saved model?")
     name = str(path) if looks_local else source
+    dev = pick_device(device)
+    prec = pick_precision(precision, dev, task)
+    if looks_local and not use_transformers and distilbert.can_load(path, task):
+        try:
+            model, tokenizer = distilbert.load_model(path, task), distilbert.Tokenizer(path)
+        except Exception as exc:  # safetensors, tokenizers and json each raise their own kinds
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"cannot load {task} model {source!r}: {reason}") from exc
+        return _finish(model, tokenizer, dev, prec, precision, task, source)
     import transformers  # here, not at the top: importing it takes seconds that the CLI need not pay
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a worker log is no place for weight-loading progress bars
-    dev = pick_device(device)
-    prec = pick_precision(precision, dev, task)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, use_fast=True)
         # Loaded in float32 (half-precision files are upcast); batching.Forward then decides which
@@ -51,6 +64,10 @@ def load(source: str, task: str, device: str = "auto", precision: str = "auto"):
     if not tokenizer.is_fast:
         raise ModelLoadError(f"{task} model {source!r}: needs a fast tokenizer (tokenizer.json) for offsets")
     model.eval()
+    return _finish(model, tokenizer, dev, prec, precision, task, source)
+
+
+def _finish(model, tokenizer, dev, prec: str, precision: str, task: str, source: str):
     if precision == "auto" and dev.type == "cpu":
         from . import precision as precision_choice
 
