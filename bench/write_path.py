@@ -1,7 +1,12 @@
-"""The write path on PostgreSQL: `worker.results.write` for batches of new reviews, as shipped (one
-statement per table, rows as arrays; entities by COPY) against the executemany path it replaced (one
-statement per row in psycopg's pipeline; entities as multi-row INSERTs), each with the dashboard
-rollups kept and without them, in interleaved rounds on a scratch database that is dropped at the end.
+"""The write path on PostgreSQL: `worker.results.write` for batches of new reviews (one statement per
+table, rows as arrays; entities by COPY) with the dashboard rollups kept three ways, in interleaved
+rounds on a scratch database that is dropped at the end:
+
+- journal: as shipped, the batch's rollup deltas appended as one row of `rollup_deltas`, folded into
+  the rollup tables later (rollups.fold; its cost is measured after the rounds, per batch folded);
+- in transaction: the deltas upserted into the rollup tables in the writer's transaction (the path
+  before the journal);
+- off: no rollups at all.
 
     python bench/write_path.py                                  # 3 entities per review, 30 batches per arm
     python bench/write_path.py --entities 145 --batches 10      # what random models emit
@@ -18,7 +23,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy import create_engine, make_url, text
-from sqlalchemy.dialects import postgresql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,19 +30,15 @@ from bench.common import machine  # noqa: E402
 from worker import db, migrate, results, rollups  # noqa: E402
 from worker.nlp.types import Entity, Sentiment  # noqa: E402
 from worker.rollups import ReviewFacts  # noqa: E402
-from worker.schema import EntityRow, ModelVersion, Review  # noqa: E402
+from worker.schema import EntityDaily, ModelVersion, Review, SentimentDaily  # noqa: E402
+
+ARMS = ("journal", "in transaction", "off")
 
 
-def executemany_upsert(session, model, rows, index_elements, update) -> None:
-    """The path before db.upsert: one statement per row, sent by psycopg's executemany."""
-    if rows:
-        stmt = postgresql.insert(model)
-        session.execute(stmt.on_conflict_do_update(index_elements=index_elements, set_=update(stmt)), rows)
-
-
-def insert_entities(session, rows) -> None:
-    """The path before COPY."""
-    session.execute(EntityRow.__table__.insert(), rows)
+def upsert_in_transaction(session, sent, ents) -> None:
+    """The path before the journal: rollups.update's deltas applied to the rollup rows at once."""
+    rollups._apply(session, SentimentDaily, rollups.SENTIMENT_KEYS, rollups.SENTIMENT_SUMS, sent)
+    rollups._apply(session, EntityDaily, rollups.ENTITY_KEYS, rollups.ENTITY_SUMS, ents)
 
 
 def main() -> None:
@@ -68,51 +68,55 @@ def main() -> None:
 
 def run(url: str, args) -> None:
     sessions = db.session_factory(url)
-    arms = [(path, kept) for path in ("shipped", "executemany") for kept in (True, False)]
     now = datetime.now(timezone.utc)
     with sessions() as s:
         versions = [ModelVersion(task=t, version=1, source="x", status="active") for t in ("sentiment", "ner")]
         reviews = [Review(external_id=f"r{i}", text="x" * 400, text_sha256=f"{i:064d}", product_id=f"p{i % 50}",
                           created_at=now - timedelta(days=i % args.days))
-                   for i in range(args.batches * len(arms) * args.size)]
+                   for i in range(args.batches * len(ARMS) * args.size)]
         s.add_all(versions + reviews)
         s.commit()
         facts = [ReviewFacts(r.id, rollups.utc_day(r.created_at, r.ingested_at), r.product_id) for r in reviews]
         sv, nv = versions[0].id, versions[1].id
-    timings: dict[tuple, list[float]] = {arm: [] for arm in arms}
-    shipped = (results.upsert, rollups.upsert, results.insert_entities, rollups.update)
-    for k in range(args.batches * len(arms)):
-        path, kept = arms[k % len(arms)]  # interleaved: every arm sees the same machine load
+    timings: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    shipped = (rollups.update, rollups.record)
+    for k in range(args.batches * len(ARMS)):
+        arm = ARMS[k % len(ARMS)]  # interleaved: every arm sees the same machine load
         batch = facts[k * args.size:(k + 1) * args.size]
         sentiments = [Sentiment("positive" if r.id % 3 else "negative", 0.9, 0.8) for r in batch]
         entities = [[Entity(("PER", "ORG", "LOC", "MISC")[j % 4], f"Name {(r.id * 7 + j) % 300}", 10 * j, 10 * j + 8,
                             0.9) for j in range(args.entities)] for r in batch]
-        if path == "executemany":
-            results.upsert = rollups.upsert = executemany_upsert
-            results.insert_entities = insert_entities
-        if not kept:
+        if arm == "in transaction":
+            rollups.record = upsert_in_transaction
+        if arm == "off":
             rollups.update = lambda *a, **kw: None
         try:
             with sessions() as s:
                 started = time.perf_counter()
                 results.write(s, batch, sentiments, entities, sv, nv)
                 s.commit()
-                timings[(path, kept)].append(1000 * (time.perf_counter() - started))
+                timings[arm].append(1000 * (time.perf_counter() - started))
         finally:
-            results.upsert, rollups.upsert, results.insert_entities, rollups.update = shipped
+            rollups.update, rollups.record = shipped
+    with sessions() as s:
+        pending = s.execute(text("SELECT COUNT(*) FROM rollup_deltas")).scalar()
+        started = time.perf_counter()
+        folded = rollups.fold_pending(s)
+        fold_ms = 1000 * (time.perf_counter() - started)
+    assert folded == pending == args.batches
     print(f"# {machine()}; batches of {args.size} new reviews, {args.entities} entities each, over {args.days} days;"
           f" {args.batches} batches per arm, interleaved")
-    print("| path | rollups | p50 ms | p95 ms | reviews/s | vs executemany |\n| --- | --- | ---: | ---: | ---: | ---: |")
-    for path, kept in arms:
-        samples = timings[(path, kept)]
+    print("| rollups | p50 ms | p95 ms | reviews/s | vs off |\n| --- | ---: | ---: | ---: | ---: |")
+    off = statistics.median(timings["off"])
+    for arm in ARMS:
+        samples = timings[arm]
         p50 = statistics.median(samples)
         p95 = statistics.quantiles(samples, n=20)[-1]
-        base = statistics.median(timings[("executemany", kept)])
-        print(f"| {path} | {'kept' if kept else 'off'} | {p50:.1f} | {p95:.1f} | {args.size / p50 * 1000:,.0f} "
-              f"| {base / p50:.2f}x |")
-    for path in ("shipped", "executemany"):
-        on, off = statistics.median(timings[(path, True)]), statistics.median(timings[(path, False)])
-        print(f"{path}: the rollups make a batch {on / off - 1:+.0%} slower")
+        print(f"| {arm} | {p50:.1f} | {p95:.1f} | {args.size / p50 * 1000:,.0f} | {p50 / off - 1:+.0%} |")
+    print(f"fold: {folded} journal rows in {fold_ms:.0f} ms, {fold_ms / folded:.1f} ms per batch folded "
+          f"(in one fold; a worker folds every REVIEWS_ROLLUP_FOLD_SECONDS)")
+    per_batch = statistics.median(timings["journal"]) + fold_ms / folded
+    print(f"journal with its fold, per batch: {per_batch:.1f} ms ({per_batch / off - 1:+.0%} over off)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def _check_up_and_down(url):
     migrate.downgrade(url, "base")
     assert not TABLES & set(inspect(get_engine(url)).get_table_names())
     migrate.upgrade(url)
-    assert migrate.current(url) == "0005"
+    assert migrate.current(url) == "0006"
 
 
 def test_sqlite_up_and_down(sqlite_url):

@@ -159,3 +159,99 @@ def test_entity_keys_ignore_case_spacing_and_possessives():
     assert entity_key("John  Smith's") == entity_key("john smith") == "john smith"
     assert entity_key("Welles\u2019s") == "welles" and entity_key("Paris") == "paris"
     assert entity_key("Jones'") == "jones" and entity_key("'s") == "'s"
+
+
+def _pending(url: str) -> int:
+    with get_engine(url).connect() as conn:
+        return conn.execute(text("SELECT COUNT(*) FROM rollup_deltas")).scalar()
+
+
+def _rollup_reviews(url: str) -> int:
+    with get_engine(url).connect() as conn:
+        return conn.execute(text("SELECT COALESCE(SUM(reviews), 0) FROM sentiment_daily")).scalar()
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_deltas_wait_until_a_fold_and_a_finished_job_is_folded(db, request, tiny_models, tmp_path):
+    """Writers append deltas; a worker folds at most every REVIEWS_ROLLUP_FOLD_SECONDS, so in between
+    the rollups lag the results, until the dashboard reads or the job completes."""
+    from worker import rollups
+    from worker.dashboard.app import create_app
+    from starlette.testclient import TestClient
+
+    url = request.getfixturevalue("migrated_sqlite" if db == "sqlite" else "migrated_pg")
+    settings = make_settings(url, tiny_models, batch_size=4, model_dir=str(tmp_path / "v"), rollup_fold_seconds=3600)
+    resources = Resources(settings)
+    sent: list = []
+    data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+    job = ingest.ingest(resources.sessions, io.BytesIO(data), "r.jsonl", settings, lambda j, ids: sent.append(ids)).job_id
+    assert len(sent) == 4
+    batches.run_to_end(resources, job, sent[0])  # a process's first batch folds
+    assert (_pending(url), _rollup_reviews(url)) == (0, 4)
+    batches.run_to_end(resources, job, sent[1])
+    batches.run_to_end(resources, job, sent[2])
+    assert (_pending(url), _rollup_reviews(url)) == (2, 4)  # not due yet: two batches wait as deltas
+    assert TestClient(create_app(settings)).get("/").status_code == 200  # a dashboard page folds first
+    assert (_pending(url), _rollup_reviews(url)) == (0, 12)
+    batches.run_to_end(resources, job, sent[3])  # the job's last batch: it completes and folds
+    assert (_pending(url), _rollup_reviews(url)) == (0, len(ROWS))
+    _check(url)
+    with resources.sessions() as s:
+        assert rollups.fold_pending(s) == 0
+
+
+@pytest.mark.postgres
+def test_concurrent_folders_apply_every_delta_exactly_once(migrated_pg, tiny_models, tmp_path):
+    import threading
+    from datetime import date, timedelta
+
+    from worker import rollups
+
+    resources = Resources(make_settings(migrated_pg, tiny_models, model_dir=str(tmp_path / "v")))
+    with resources.sessions() as s:
+        version = registry.active_versions(s, resources.settings)["sentiment"].id
+        s.commit()
+        expected = 0
+        for k in range(120):
+            n = 1 + k % 7
+            expected += n
+            sent = {(date(2025, 1, 1) + timedelta(days=k % 5), f"p{k % 3}", version): [n, n, 0, 0.5 * n]}
+            rollups.record(s, sent, {})
+        s.commit()
+
+    def folder() -> None:
+        with resources.sessions() as s:
+            while rollups.fold(s, limit=3):  # small claims, so that the two folders interleave
+                s.commit()
+            s.commit()
+
+    threads = [threading.Thread(target=folder) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _pending(migrated_pg) == 0
+    assert _rollup_reviews(migrated_pg) == expected
+    with get_engine(migrated_pg).connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM sentiment_daily")).scalar() == 15  # 5 days x 3 products
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_downgrading_below_the_journal_folds_what_is_pending(db, request, tiny_models, tmp_path):
+    url = request.getfixturevalue("migrated_sqlite" if db == "sqlite" else "migrated_pg")
+    settings = make_settings(url, tiny_models, batch_size=4, model_dir=str(tmp_path / "v"), rollup_fold_seconds=3600)
+    resources = Resources(settings)
+    sent: list = []
+    data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+    job = ingest.ingest(resources.sessions, io.BytesIO(data), "r.jsonl", settings, lambda j, ids: sent.append(ids)).job_id
+    for ids in sent[:3]:
+        batches.run_to_end(resources, job, ids)
+    assert _pending(url) == 2
+    forget_engines()
+    migrate.downgrade(url, "0005")
+    forget_engines()
+    assert _rollup_reviews(url) == 12
+    migrate.upgrade(url)
+    forget_engines()
+    batches.run_to_end(Resources(settings), job, sent[3])
+    _check(url)

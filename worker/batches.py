@@ -100,6 +100,7 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
         session.commit()
         if job_id is not None:
             jobs.finish_if_complete(session, job_id)
+    resources.rollups.after_batch(sessions)
     return len(ids)
 
 

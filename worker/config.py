@@ -49,6 +49,7 @@ LIMITS: dict[str, tuple] = {
     "retrain_min_labels": (0, 100_000_000),
     "promote_tolerance": (0.0, 1.0),
     "min_entity_score": (0.0, 1.0),
+    "rollup_fold_seconds": (0.0, 24 * 3600.0),
     "metrics_port": (0, 65535),
     "log_format": ("text", "json"),
 }
@@ -80,6 +81,7 @@ class Settings:
     retrain_min_labels: int = 200
     promote_tolerance: float = 0.005
     min_entity_score: float = 0.0  # entities the NER model scores below this are not stored
+    rollup_fold_seconds: float = 5.0  # a worker applies pending rollup deltas at most this often (rollups.py)
     metrics_port: int = 0  # Prometheus metrics of `reviews worker` on this port; 0: off
     log_format: str = "text"  # text | json (one object a line, with job and batch ids)
     languages: str = "en"  # languages analysed (ISO 639-1, comma-separated); others are skipped; "all": no guard

@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 from sqlalchemy import func, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import rollups
 from .schema import Job, JobReview, RejectedLine, Review, utcnow
 
 INGESTING, QUEUED, DONE, PARTIAL, FAILED = "ingesting", "queued", "done", "partial", "failed"
@@ -117,19 +118,23 @@ def mark_reviews(session: Session, job_id: int, ids: Iterable[int], status: str,
     )
 
 
-def finish_if_complete(session: Session, job_id: int) -> None:
+def finish_if_complete(session: Session, job_id: int) -> bool:
     """Close a queued job once nothing is pending; safe to call from several workers at once (the
-    UPDATE only matches a job that is still queued)."""
+    UPDATE only matches a job that is still queued). True when this call closed it; it then folds the
+    pending rollup deltas too, so that a finished job's results are in the dashboards' rollups."""
     p = progress(session, job_id)
     if p.status != QUEUED or p.pending:
-        return
+        return False
     if p.total == 0:
         status, error = FAILED, "no reviews to analyse" + (f": {p.rejected} lines rejected" if p.rejected else "")
     else:  # skipped reviews were left out on purpose: they make a job neither partial nor failed
         status, error = (DONE if not p.failed else FAILED if not p.done else PARTIAL), None
-    session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED)
-                    .values(status=status, error=error, finished_at=utcnow()))
+    closed = session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED)
+                             .values(status=status, error=error, finished_at=utcnow())).rowcount
     session.commit()
+    if closed:
+        rollups.fold_pending(session)
+    return bool(closed)
 
 
 # -- reading ----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from . import registry
+from . import registry, rollups
 from .config import Settings
 from .db import session_factory
 from .nlp.ner import NerModel, load_ner
@@ -34,6 +34,7 @@ class Resources:
 
         self.settings = settings
         self.sessions = session_factory(settings.database_url)
+        self.rollups = rollups.Folder(settings.rollup_fold_seconds)
         self._loaded: dict[int, SentimentModel | NerModel] = {}  # model_versions.id -> model
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)

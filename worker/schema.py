@@ -167,6 +167,17 @@ class EntityDaily(Base):
     __table_args__ = (Index("ix_entity_daily_version_day", "model_version_id", "day"),)
 
 
+class RollupDelta(Base):
+    """One batch's changes to the rollups, appended by the writer and applied by `rollups.fold`, so
+    that concurrent writers never update the same rollup rows (rollups.py)."""
+
+    __tablename__ = "rollup_deltas"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sentiment: Mapped[str] = mapped_column(Text)  # JSON: [[day, product_id, version, reviews, positive, negative, score_sum]]
+    entities: Mapped[str] = mapped_column(Text)  # JSON: [[day, label, key, version, sentiment_version, mentions, ...]]
+
+
 class Label(Base):
     """A human label: sentiment for a review (by id or text), or NER spans for a text."""
 
