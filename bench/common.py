@@ -116,3 +116,24 @@ def entity_agreement(fast: list[list], ref: list[list]) -> tuple[float, float]:
 
 def label_agreement(fast: list, ref: list) -> float:
     return sum(x.label == y.label for x, y in zip(fast, ref)) / max(1, len(ref))
+
+
+def timed_write(sessions, facts, sentiments, entities, sentiment_version: int, ner_version: int,
+                rollups_on: bool = True) -> float:
+    """Milliseconds of one `results.write` of a batch and its commit; without the rollups'
+    `update` when `rollups_on` is False (the benchmarks' "off" arm)."""
+    import time
+
+    from worker import results, rollups
+
+    shipped = rollups.update
+    if not rollups_on:
+        rollups.update = lambda *a, **kw: None
+    try:
+        with sessions() as s:
+            started = time.perf_counter()
+            results.write(s, facts, sentiments, entities, sentiment_version, ner_version)
+            s.commit()
+            return 1000 * (time.perf_counter() - started)
+    finally:
+        rollups.update = shipped

@@ -329,7 +329,7 @@ def pages(url: str, label: str, key: str, job: int, runs: int) -> None:
 def writes(url: str, facts: dict, batches: int = 60, size: int = 64) -> None:
     """worker.results.write, batches of `size` new reviews, with the rollups kept (as shipped) and with
     rollups.update replaced by a no-op, interleaved; then every batch written again (a redelivery)."""
-    from worker import results, rollups
+    from bench.common import timed_write
     from worker.db import session_factory
     from worker.nlp.types import Entity, Sentiment
     from worker.rollups import ReviewFacts, utc_day
@@ -345,7 +345,6 @@ def writes(url: str, facts: dict, batches: int = 60, size: int = 64) -> None:
             {"k": batches * size}).all()
         s.commit()
     sv, nv = facts["versions"][("sentiment", 2)], facts["versions"][("ner", 1)]
-    real_update = rollups.update
     timings: dict[str, list[float]] = {"with rollups": [], "without rollups": [], "redelivered, with rollups": []}
     plan = [(k, "with rollups" if k % 2 == 0 else "without rollups") for k in range(batches)]
     plan += [(k, "redelivered, with rollups") for k in range(0, batches, 2)]
@@ -356,15 +355,7 @@ def writes(url: str, facts: dict, batches: int = 60, size: int = 64) -> None:
         sent = [Sentiment("positive" if x > 0 else "negative", (1 + abs(x)) / 2, float(x)) for x in scores]
         ents = [[Entity("PER", f"Person {int(r.id) % 500}", len(f"Review w{r.id}:") + 1,
                         len(f"Review w{r.id}:") + 1 + len(f"Person {int(r.id) % 500}"), 0.9)] for r in rows]
-        rollups.update = real_update if "with rollups" in mode else (lambda *a, **kw: None)
-        try:
-            with sessions() as s:
-                t = time.perf_counter()
-                results.write(s, facts_, sent, ents, sv, nv)
-                s.commit()
-                timings[mode].append(1000 * (time.perf_counter() - t))
-        finally:
-            rollups.update = real_update
+        timings[mode].append(timed_write(sessions, facts_, sent, ents, sv, nv, rollups_on="with rollups" in mode))
     print(f"\n| results.write, batches of {size} | batches | p50 ms | p95 ms | reviews/s |\n"
           "| --- | ---: | ---: | ---: | ---: |")
     for mode, samples in timings.items():

@@ -26,8 +26,8 @@ from sqlalchemy import create_engine, make_url, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine  # noqa: E402
-from worker import db, migrate, results, rollups  # noqa: E402
+from bench.common import machine, timed_write  # noqa: E402
+from worker import db, migrate, rollups  # noqa: E402
 from worker.nlp.types import Entity, Sentiment  # noqa: E402
 from worker.rollups import ReviewFacts  # noqa: E402
 from worker.schema import EntityDaily, ModelVersion, Review, SentimentDaily  # noqa: E402
@@ -79,7 +79,7 @@ def run(url: str, args) -> None:
         facts = [ReviewFacts(r.id, rollups.utc_day(r.created_at, r.ingested_at), r.product_id) for r in reviews]
         sv, nv = versions[0].id, versions[1].id
     timings: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    shipped = (rollups.update, rollups.record)
+    shipped = rollups.record
     for k in range(args.batches * len(ARMS)):
         arm = ARMS[k % len(ARMS)]  # interleaved: every arm sees the same machine load
         batch = facts[k * args.size:(k + 1) * args.size]
@@ -88,16 +88,10 @@ def run(url: str, args) -> None:
                             0.9) for j in range(args.entities)] for r in batch]
         if arm == "in transaction":
             rollups.record = upsert_in_transaction
-        if arm == "off":
-            rollups.update = lambda *a, **kw: None
         try:
-            with sessions() as s:
-                started = time.perf_counter()
-                results.write(s, batch, sentiments, entities, sv, nv)
-                s.commit()
-                timings[arm].append(1000 * (time.perf_counter() - started))
+            timings[arm].append(timed_write(sessions, batch, sentiments, entities, sv, nv, rollups_on=arm != "off"))
         finally:
-            rollups.update, rollups.record = shipped
+            rollups.record = shipped
     with sessions() as s:
         pending = s.execute(text("SELECT COUNT(*) FROM rollup_deltas")).scalar()
         started = time.perf_counter()

@@ -171,6 +171,16 @@ def _rollup_reviews(url: str) -> int:
         return conn.execute(text("SELECT COALESCE(SUM(reviews), 0) FROM sentiment_daily")).scalar()
 
 
+def _ingested_not_analysed(url: str, tiny_models, tmp_path):
+    """ROWS stored as a job of 4 batches that nobody has analysed yet, and a worker that folds once an hour."""
+    settings = make_settings(url, tiny_models, batch_size=4, model_dir=str(tmp_path / "v"), rollup_fold_seconds=3600)
+    resources = Resources(settings)
+    sent: list = []
+    data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+    report = ingest.ingest(resources.sessions, io.BytesIO(data), "r.jsonl", settings, lambda j, ids: sent.append(ids))
+    return settings, resources, report.job_id, sent
+
+
 @pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_deltas_wait_until_a_fold_and_a_finished_job_is_folded(db, request, tiny_models, tmp_path):
     """Writers append deltas; a worker folds at most every REVIEWS_ROLLUP_FOLD_SECONDS, so in between
@@ -180,11 +190,7 @@ def test_deltas_wait_until_a_fold_and_a_finished_job_is_folded(db, request, tiny
     from starlette.testclient import TestClient
 
     url = request.getfixturevalue("migrated_sqlite" if db == "sqlite" else "migrated_pg")
-    settings = make_settings(url, tiny_models, batch_size=4, model_dir=str(tmp_path / "v"), rollup_fold_seconds=3600)
-    resources = Resources(settings)
-    sent: list = []
-    data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
-    job = ingest.ingest(resources.sessions, io.BytesIO(data), "r.jsonl", settings, lambda j, ids: sent.append(ids)).job_id
+    settings, resources, job, sent = _ingested_not_analysed(url, tiny_models, tmp_path)
     assert len(sent) == 4
     batches.run_to_end(resources, job, sent[0])  # a process's first batch folds
     assert (_pending(url), _rollup_reviews(url)) == (0, 4)
@@ -239,11 +245,7 @@ def test_concurrent_folders_apply_every_delta_exactly_once(migrated_pg, tiny_mod
 @pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_downgrading_below_the_journal_folds_what_is_pending(db, request, tiny_models, tmp_path):
     url = request.getfixturevalue("migrated_sqlite" if db == "sqlite" else "migrated_pg")
-    settings = make_settings(url, tiny_models, batch_size=4, model_dir=str(tmp_path / "v"), rollup_fold_seconds=3600)
-    resources = Resources(settings)
-    sent: list = []
-    data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
-    job = ingest.ingest(resources.sessions, io.BytesIO(data), "r.jsonl", settings, lambda j, ids: sent.append(ids)).job_id
+    settings, resources, job, sent = _ingested_not_analysed(url, tiny_models, tmp_path)
     for ids in sent[:3]:
         batches.run_to_end(resources, job, ids)
     assert _pending(url) == 2

@@ -122,9 +122,9 @@ def upsert(session: Session, model, rows: list[dict], index_elements: list[str],
 
 
 def update_by_id(session: Session, model, column: str, values: dict[int, object]) -> None:
-    """UPDATE model SET column = values[id] for each id (`model` a mapped class keyed by `id`). PostgreSQL gets one statement joined to two
-    arrays (unnest), where executemany sent one UPDATE per row: 10 of a batch's 118 ms on the
-    2-core host (bench/RESULTS.md, "Worker CPU per batch")."""
+    """UPDATE model SET column = values[id] for each id (`model` a mapped class keyed by `id`).
+    PostgreSQL gets one statement joined to two arrays (unnest), where executemany sent one UPDATE
+    per row: 10 of a batch's 118 ms on the 2-core host (bench/RESULTS.md, "Worker CPU per batch")."""
     if not values:
         return
     table = model.__table__

@@ -25,7 +25,7 @@ def write(session: Session, reviews: Sequence[ReviewFacts], sentiments: Sequence
           entities: Sequence[list[Entity]], sentiment_version_id: int, ner_version_id: int) -> None:
     """One statement per table for the whole batch (db.upsert; entities by COPY on PostgreSQL).
     Every write is an upsert keyed on (review, model version): a redelivered batch changes nothing.
-    The dashboard rollups move with the results, in the same transaction."""
+    The batch's rollup deltas are recorded with the results, in the same transaction (rollups.py)."""
     now = utcnow()
     ids = [r.id for r in reviews]
     rollups.update(session, reviews, sentiments, entities, sentiment_version_id, ner_version_id)

@@ -174,8 +174,9 @@ class RollupDelta(Base):
     __tablename__ = "rollup_deltas"
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    sentiment: Mapped[str] = mapped_column(Text)  # JSON: [[day, product_id, version, reviews, positive, negative, score_sum]]
-    entities: Mapped[str] = mapped_column(Text)  # JSON: [[day, label, key, version, sentiment_version, mentions, ...]]
+    # JSON rows: the rollup's key columns, then its sums (rollups.SENTIMENT_KEYS + SENTIMENT_SUMS, ENTITY_...)
+    sentiment: Mapped[str] = mapped_column(Text)
+    entities: Mapped[str] = mapped_column(Text)
 
 
 class Label(Base):

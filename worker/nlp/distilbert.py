@@ -14,7 +14,7 @@ Anything else (other architectures, sharded weights, hub ids) goes through trans
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from torch import nn
@@ -62,10 +62,9 @@ def read_config(directory: Path) -> Config:
     id2label = {int(k): str(v) for k, v in (raw.get("id2label") or {}).items()}
     if not id2label:  # as transformers reads a config without labels
         id2label = {i: f"LABEL_{i}" for i in range(int(raw.get("num_labels", 2)))}
-    names = [f.name for f in Config.__dataclass_fields__.values()]
-    fields = {k: raw[k] for k in names if k in raw and k not in ("id2label", "label2id")}
+    given = {f.name: raw[f.name] for f in fields(Config) if f.name in raw and f.name not in ("id2label", "label2id")}
     label2id = {str(k): int(v) for k, v in (raw.get("label2id") or {}).items()} or {v: k for k, v in id2label.items()}
-    return Config(**fields, id2label=id2label, label2id=label2id)
+    return Config(**given, id2label=id2label, label2id=label2id)
 
 
 # -- the modules: the layout (and parameter names) of transformers' DistilBERT -------------------------
@@ -175,7 +174,8 @@ class Tokenizer:
         settings = _special_tokens(directory)
         ids = {name: self.backend.token_to_id(token) for name, token in settings.items()}
         self.unk_token_id = ids.get("unk_token")
-        self.cls_token_id, self.sep_token_id, self.pad_token_id = ids.get("cls_token"), ids.get("sep_token"), ids.get("pad_token")
+        self.cls_token_id, self.sep_token_id = ids.get("cls_token"), ids.get("sep_token")
+        self.pad_token_id = ids.get("pad_token")
         if None in (self.unk_token_id, self.cls_token_id, self.sep_token_id):
             raise ValueError(f"tokenizer.json lacks a special token: {settings}")
         self.all_special_ids = sorted({i for i in ids.values() if i is not None})

@@ -44,8 +44,7 @@ def load(source: str, task: str, device: str = "auto", precision: str = "auto", 
         try:
             model, tokenizer = distilbert.load_model(path, task), distilbert.Tokenizer(path)
         except Exception as exc:  # safetensors, tokenizers and json each raise their own kinds
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"cannot load {task} model {source!r}: {reason}") from exc
+            raise _load_error(task, source, exc) from exc
         return _finish(model, tokenizer, dev, prec, precision, task, source)
     import transformers  # here, not at the top: importing it takes seconds that the CLI need not pay
     from transformers.utils import logging as hf_logging
@@ -59,12 +58,16 @@ def load(source: str, task: str, device: str = "auto", precision: str = "auto", 
             name, use_safetensors=True, dtype=torch.float32, attn_implementation="sdpa"
         )
     except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError... depending on the fault
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load {task} model {source!r}: {reason}") from exc
+        raise _load_error(task, source, exc) from exc
     if not tokenizer.is_fast:
         raise ModelLoadError(f"{task} model {source!r}: needs a fast tokenizer (tokenizer.json) for offsets")
     model.eval()
     return _finish(model, tokenizer, dev, prec, precision, task, source)
+
+
+def _load_error(task: str, source: str, exc: Exception) -> ModelLoadError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelLoadError(f"cannot load {task} model {source!r}: {reason}")
 
 
 def _finish(model, tokenizer, dev, prec: str, precision: str, task: str, source: str):
