@@ -120,20 +120,14 @@ def label_agreement(fast: list, ref: list) -> float:
 
 def timed_write(sessions, facts, sentiments, entities, sentiment_version: int, ner_version: int,
                 rollups_on: bool = True) -> float:
-    """Milliseconds of one `results.write` of a batch and its commit; without the rollups'
-    `update` when `rollups_on` is False (the benchmarks' "off" arm)."""
+    """Milliseconds of one `results.write` of a batch and its commit; the results alone, without
+    the rollups' deltas, when `rollups_on` is False (the benchmarks' "off" arm)."""
     import time
 
-    from worker import results, rollups
+    from worker import results
 
-    shipped = rollups.update
-    if not rollups_on:
-        rollups.update = lambda *a, **kw: None
-    try:
-        with sessions() as s:
-            started = time.perf_counter()
-            results.write(s, facts, sentiments, entities, sentiment_version, ner_version)
-            s.commit()
-            return 1000 * (time.perf_counter() - started)
-    finally:
-        rollups.update = shipped
+    with sessions() as s:
+        started = time.perf_counter()
+        results.write(s, facts, sentiments, entities, sentiment_version, ner_version, with_rollups=rollups_on)
+        s.commit()
+        return 1000 * (time.perf_counter() - started)

@@ -328,7 +328,7 @@ def pages(url: str, label: str, key: str, job: int, runs: int) -> None:
 
 def writes(url: str, facts: dict, batches: int = 60, size: int = 64) -> None:
     """worker.results.write, batches of `size` new reviews, with the rollups kept (as shipped) and with
-    rollups.update replaced by a no-op, interleaved; then every batch written again (a redelivery)."""
+    the results alone (results.write with_rollups=False), interleaved; then every batch written again (a redelivery)."""
     from bench.common import timed_write
     from worker.db import session_factory
     from worker.nlp.types import Entity, Sentiment

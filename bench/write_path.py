@@ -8,6 +8,10 @@ rounds on a scratch database that is dropped at the end:
   before the journal);
 - off: no rollups at all.
 
+Each batch is written as a worker writes it (`worker.batches.store`: one transaction with the
+reviews' languages, the results, the job's review states; then the job's completion check); the
+table shows that whole write and, within it, `results.write` (its statements, before the commit).
+
     python bench/write_path.py                                  # 3 entities per review, 30 batches per arm
     python bench/write_path.py --entities 145 --batches 10      # what random models emit
 """
@@ -26,8 +30,8 @@ from sqlalchemy import create_engine, make_url, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, timed_write  # noqa: E402
-from worker import db, migrate, rollups  # noqa: E402
+from bench.common import machine  # noqa: E402
+from worker import batches, db, jobs, migrate, results, rollups  # noqa: E402
 from worker.nlp.types import Entity, Sentiment  # noqa: E402
 from worker.rollups import ReviewFacts  # noqa: E402
 from worker.schema import EntityDaily, ModelVersion, Review, SentimentDaily  # noqa: E402
@@ -36,7 +40,7 @@ ARMS = ("journal", "in transaction", "off")
 
 
 def upsert_in_transaction(session, sent, ents) -> None:
-    """The path before the journal: rollups.update's deltas applied to the rollup rows at once."""
+    """The path before the journal: rollups.deltas applied to the rollup rows at once."""
     rollups._apply(session, SentimentDaily, rollups.SENTIMENT_KEYS, rollups.SENTIMENT_SUMS, sent)
     rollups._apply(session, EntityDaily, rollups.ENTITY_KEYS, rollups.ENTITY_SUMS, ents)
 
@@ -73,25 +77,40 @@ def run(url: str, args) -> None:
         versions = [ModelVersion(task=t, version=1, source="x", status="active") for t in ("sentiment", "ner")]
         reviews = [Review(external_id=f"r{i}", text="x" * 400, text_sha256=f"{i:064d}", product_id=f"p{i % 50}",
                           created_at=now - timedelta(days=i % args.days))
-                   for i in range(args.batches * len(ARMS) * args.size)]
+                   # one more than the batches write: the job stays open, so its last batch folds nothing
+                   for i in range(args.batches * len(ARMS) * args.size + 1)]
         s.add_all(versions + reviews)
         s.commit()
         facts = [ReviewFacts(r.id, rollups.utc_day(r.created_at, r.ingested_at), r.product_id) for r in reviews]
         sv, nv = versions[0].id, versions[1].id
+    job = jobs.create_reprocess(sessions)  # every review pending in one job, as a worker finds them
     timings: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    shipped = rollups.record
+    whole: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    shipped, write = rollups.record, results.write
     for k in range(args.batches * len(ARMS)):
         arm = ARMS[k % len(ARMS)]  # interleaved: every arm sees the same machine load
         batch = facts[k * args.size:(k + 1) * args.size]
         sentiments = [Sentiment("positive" if r.id % 3 else "negative", 0.9, 0.8) for r in batch]
         entities = [[Entity(("PER", "ORG", "LOC", "MISC")[j % 4], f"Name {(r.id * 7 + j) % 300}", 10 * j, 10 * j + 8,
                             0.9) for j in range(args.entities)] for r in batch]
+        part: list[float] = []
+
+        def timed(session, *a, **kw) -> None:  # results.write within store(), before its commit
+            started = time.perf_counter()
+            write(session, *a, **kw)
+            part.append(1000 * (time.perf_counter() - started))
+
         if arm == "in transaction":
             rollups.record = upsert_in_transaction
+        results.write = timed
         try:
-            timings[arm].append(timed_write(sessions, batch, sentiments, entities, sv, nv, rollups_on=arm != "off"))
+            started = time.perf_counter()
+            batches.store(sessions, job, {r.id: "en" for r in batch}, batch, sentiments, entities, (sv, nv), {},
+                          with_rollups=arm != "off")
+            whole[arm].append(1000 * (time.perf_counter() - started))
+            timings[arm].append(part[0])
         finally:
-            rollups.record = shipped
+            rollups.record, results.write = shipped, write
     with sessions() as s:
         pending = s.execute(text("SELECT COUNT(*) FROM rollup_deltas")).scalar()
         started = time.perf_counter()
@@ -100,17 +119,20 @@ def run(url: str, args) -> None:
     assert folded == pending == args.batches
     print(f"# {machine()}; batches of {args.size} new reviews, {args.entities} entities each, over {args.days} days;"
           f" {args.batches} batches per arm, interleaved")
-    print("| rollups | p50 ms | p95 ms | reviews/s | vs off |\n| --- | ---: | ---: | ---: | ---: |")
-    off = statistics.median(timings["off"])
-    for arm in ARMS:
-        samples = timings[arm]
-        p50 = statistics.median(samples)
-        p95 = statistics.quantiles(samples, n=20)[-1]
-        print(f"| {arm} | {p50:.1f} | {p95:.1f} | {args.size / p50 * 1000:,.0f} | {p50 / off - 1:+.0%} |")
+    print("| rollups | write | p50 ms | p95 ms | reviews/s | vs off |\n| --- | --- | ---: | ---: | ---: | ---: |")
+    for what, samples_of in (("the batch's (store)", whole), ("results.write", timings)):
+        off = statistics.median(samples_of["off"])
+        for arm in ARMS:
+            samples = samples_of[arm]
+            p50 = statistics.median(samples)
+            p95 = statistics.quantiles(samples, n=20)[-1]
+            print(f"| {arm} | {what} | {p50:.1f} | {p95:.1f} | {args.size / p50 * 1000:,.0f} | {p50 / off - 1:+.0%} |")
     print(f"fold: {folded} journal rows in {fold_ms:.0f} ms, {fold_ms / folded:.1f} ms per batch folded "
           f"(in one fold; a worker folds every REVIEWS_ROLLUP_FOLD_SECONDS)")
-    per_batch = statistics.median(timings["journal"]) + fold_ms / folded
-    print(f"journal with its fold, per batch: {per_batch:.1f} ms ({per_batch / off - 1:+.0%} over off)")
+    per_batch = statistics.median(whole["journal"]) + fold_ms / folded
+    off = statistics.median(whole["off"])
+    print(f"the batch's write with the journal and its fold, per batch: {per_batch:.1f} ms ({per_batch / off - 1:+.0%} "
+          "over off)")
 
 
 if __name__ == "__main__":

@@ -123,3 +123,75 @@ def test_any_entity_text_round_trips(sessions, texts):
     facts, sv, nv = _setup(sessions, 1)
     _write(sessions, facts, sv, nv, [[Entity("MISC", t, k, k + 1, 0.5) for k, t in enumerate(texts)]])
     assert [row[2] for row in _stored(sessions, nv)] == texts
+
+
+# --- the rollup deltas a write records: read by the writing statements themselves ------------------
+
+# A write: which of 4 reviews, under which (sentiment, NER) version pair, with what labels and entities.
+WRITE = st.tuples(
+    st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True),
+    st.sampled_from([(0, 0), (0, 1), (1, 0), (1, 1)]),
+    st.lists(st.tuples(st.booleans(), st.lists(st.sampled_from(["Paris", "paris", "John's", "Sony"]), max_size=3)),
+             min_size=4, max_size=4),
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(WRITE, min_size=1, max_size=6))
+def test_rollups_equal_sql_over_the_results_after_any_writes(sessions, writes):
+    """Redeliveries, reprocessing under another version, a new pairing of sentiment and NER versions:
+    whatever the order, the folded rollups equal what SQL computes from the results."""
+    from test_rollups import _check
+    from worker import rollups
+
+    with sessions() as s:  # each example starts from empty results and rollups
+        for table in ("rollup_deltas", "entity_daily", "sentiment_daily", "entities", "ner_results",
+                      "sentiment_results", "reviews", "model_versions"):
+            s.execute(text(f"DELETE FROM {table}"))
+        s.commit()
+    facts, sv, nv = _setup(sessions, 4)
+    with sessions() as s:
+        other = [ModelVersion(task=t, version=100 + next(_SERIAL), source="x", status="candidate")
+                 for t in ("sentiment", "ner")]
+        s.add_all(other)
+        s.commit()
+        sentiment_ids, ner_ids = (sv, other[0].id), (nv, other[1].id)
+    for which, (si, ni), outputs in writes:
+        batch = [facts[i] for i in which]
+        sentiments = [Sentiment("positive" if outputs[i][0] else "negative", 0.9, 0.5 + i / 10) for i in which]
+        entities = [[Entity("LOC", t, k, k + 1, 0.9) for k, t in enumerate(outputs[i][1])] for i in which]
+        with sessions() as s:
+            results.write(s, batch, sentiments, entities, sentiment_ids[si], ner_ids[ni])
+            s.commit()
+            rollups.fold_pending(s)
+        _check(str(sessions.kw["bind"].url.render_as_string(hide_password=False)))
+
+
+@pytest.mark.postgres
+def test_the_rollups_cost_one_statement_per_write_on_postgresql(migrated_pg):
+    """What the rollups take out is read by the results' own upserts and DELETE (one round trip each,
+    as without rollups); the rollups add only the journal row's INSERT. No statement has more than 50
+    parameters, the most whose parsing psycopg caches (db.any_of)."""
+    from sqlalchemy import event
+
+    sessions = session_factory(migrated_pg)
+    facts, sv, nv = _setup(sessions, 64)  # a batch as the workers write it
+    entities = [[Entity("PER", "John", 0, 4, 0.9)] if k % 2 else [] for k in range(64)]
+    counts = []
+    for with_rollups in (True, False, True):  # the third: a redelivery, which reads back the first's rows
+        statements: list[str] = []
+        engine = sessions.kw["bind"]
+        listener = lambda conn, cursor, statement, params, *rest: statements.append((statement, params))  # noqa: E731
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            with sessions() as s:
+                results.write(s, facts, [Sentiment("positive", 0.9, 0.8)] * 64, entities, sv, nv,
+                              with_rollups=with_rollups)
+                s.commit()
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+        counts.append(len(statements))
+        assert all(len(params) <= 50 for _, params in statements), [s for s, p in statements if len(p) > 50]
+    assert counts[0] == counts[1] + 1 == counts[2]
+    with sessions() as s:
+        assert s.execute(text("SELECT COUNT(*) FROM rollup_deltas")).scalar() == 2

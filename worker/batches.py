@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from . import jobs, language, logs, metrics, results
-from .db import update_by_id
+from .db import any_of, update_by_id
 from .nlp.types import ModelLoadError
 from .rollups import ReviewFacts, utc_day
 from .schema import Review
@@ -69,7 +69,7 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
     metrics.models_serving(sessions, models)  # a no-op unless this version pair is new to the process
     with sessions() as session:
         rows = session.execute(select(Review.id, Review.text, Review.created_at, Review.ingested_at, Review.product_id)
-                               .where(Review.id.in_(review_ids))).all()
+                               .where(any_of(session, Review.id, review_ids))).all()
     if not rows:
         return 0
     ids = [r.id for r in rows]
@@ -89,10 +89,22 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
     if not len(sentiments) == len(entities) == len(ids):  # zip() below would drop reviews, yet mark them done
         raise RuntimeError(f"the engine returned {len(sentiments)} sentiments and {len(entities)} entity lists "
                            f"for {len(ids)} reviews")
+    store(sessions, job_id, {r.id: lang for r, lang in zip(rows, detected)}, facts, sentiments, entities,
+          (models.sentiment_version_id, models.ner_version_id), skipped)
+    resources.rollups.after_batch(sessions)
+    return len(ids)
+
+
+def store(sessions, job_id: int | None, languages: dict[int, str], facts: list[ReviewFacts], sentiments: list,
+          entities: list, versions: tuple[int, int], skipped: dict[int, str], with_rollups: bool = True) -> None:
+    """A batch's one write transaction: the reviews' languages, the results of `facts` (with their
+    rollup deltas; with_rollups=False: without, bench/write_path.py's baseline), the job's review
+    states (done, or skipped for `skipped`'s reasons); then the job closes if this was its last batch."""
+    ids = [f.id for f in facts]
     with sessions() as session:
-        update_by_id(session, Review, "language", {r.id: lang for r, lang in zip(rows, detected)})
+        update_by_id(session, Review, "language", languages)
         if ids:
-            results.write(session, facts, sentiments, entities, models.sentiment_version_id, models.ner_version_id)
+            results.write(session, facts, sentiments, entities, *versions, with_rollups=with_rollups)
         if job_id is not None:
             jobs.mark_reviews(session, job_id, ids, jobs.DONE)
             for reason in set(skipped.values()):
@@ -100,8 +112,6 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
         session.commit()
         if job_id is not None:
             jobs.finish_if_complete(session, job_id)
-    resources.rollups.after_batch(sessions)
-    return len(ids)
 
 
 def isolate(resources, job_id: int | None, review_ids: list[int]) -> BatchOutcome:

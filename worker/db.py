@@ -6,9 +6,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from typing import Callable
+from typing import Callable, Sequence
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, inspect, select
+from sqlalchemy import Engine, Row, Select, any_, bindparam, create_engine, event, func, inspect, select
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
@@ -98,16 +98,28 @@ def insert(session: Session, model):
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
 
 
+def any_of(session: Session, column, values: Sequence):
+    """`column IN values`, as `column = ANY(:array)` on PostgreSQL: one parameter where IN sends one per
+    value. psycopg caches the parsing of a statement only up to 50 parameters; a batch's IN list of 64
+    ids cost 2 ms of worker CPU to re-parse, each time (bench/RESULTS.md, "The rollups' overhead")."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(list(values))
+
+
 def upsert(session: Session, model, rows: list[dict], index_elements: list[str],
-           update: Callable[[object], dict]) -> None:
+           update: Callable[[object], dict], read_first: Select | None = None) -> list[Row]:
     """INSERT `rows` ON CONFLICT (index_elements) DO UPDATE SET update(stmt) (`stmt.excluded` is the
     row that was refused). Rows with the same key: the last one wins, as if executed one by one.
+    Returns the rows `read_first` selects as they were before the upsert (none without it).
 
     PostgreSQL gets one statement whose rows come from one array per column (unnest): a single
-    statement to plan and run, where executemany sent one statement per row. SQLite runs in-process,
-    where executemany costs little."""
+    statement to plan and run, where executemany sent one statement per row; `read_first` is that
+    statement's SELECT, with the upsert as a data-modifying CTE (they share one snapshot, so the SELECT
+    sees the rows as they were), which saves a round trip a batch. SQLite runs in-process, where
+    executemany and a second statement cost little."""
     if not rows:
-        return
+        return session.execute(read_first).all() if read_first is not None else []
     rows = list({tuple(r[k] for k in index_elements): r for r in rows}.values())
     if session.get_bind().dialect.name == "postgresql":
         table = getattr(model, "__table__", model)
@@ -115,10 +127,15 @@ def upsert(session: Session, model, rows: list[dict], index_elements: list[str],
         arrays = [func.unnest(bindparam(None, [r[c] for r in rows], type_=postgresql.ARRAY(table.c[c].type)))
                   for c in columns]
         stmt = postgresql.insert(table).from_select(columns, select(*arrays))
-        session.execute(stmt.on_conflict_do_update(index_elements=index_elements, set_=update(stmt)))
-    else:
-        stmt = sqlite.insert(model)
-        session.execute(stmt.on_conflict_do_update(index_elements=index_elements, set_=update(stmt)), rows)
+        stmt = stmt.on_conflict_do_update(index_elements=index_elements, set_=update(stmt))
+        if read_first is None:
+            session.execute(stmt)
+            return []
+        return session.execute(read_first.add_cte(stmt.cte("upserted"))).all()
+    before = session.execute(read_first).all() if read_first is not None else []
+    stmt = sqlite.insert(model)
+    session.execute(stmt.on_conflict_do_update(index_elements=index_elements, set_=update(stmt)), rows)
+    return before
 
 
 def update_by_id(session: Session, model, column: str, values: dict[int, object]) -> None:

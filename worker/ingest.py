@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import jobs
 from .config import Settings
-from .db import insert
+from .db import any_of, insert
 from .inputs import InputError, Record, Rejected, detect_format, read_records
 from .schema import JobReview, RejectedLine, Review, utcnow
 
@@ -136,13 +136,13 @@ def _store_chunk(session: Session, job_id: int, records: list[Record], rejected:
     stored = {
         ext: (rid, sha)
         for rid, ext, sha in session.execute(
-            select(Review.id, Review.external_id, Review.text_sha256).where(Review.external_id.in_(first_line))
+            select(Review.id, Review.external_id, Review.text_sha256).where(any_of(session, Review.external_id, first_line))
         )
     }
     in_job = set(
         session.scalars(
             select(JobReview.review_id).where(
-                JobReview.job_id == job_id, JobReview.review_id.in_([rid for rid, _ in stored.values()])
+                JobReview.job_id == job_id, any_of(session, JobReview.review_id, [rid for rid, _ in stored.values()])
             )
         )
     )

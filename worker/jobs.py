@@ -22,6 +22,7 @@ from sqlalchemy import func, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import rollups
+from .db import any_of
 from .schema import Job, JobReview, RejectedLine, Review, utcnow
 
 INGESTING, QUEUED, DONE, PARTIAL, FAILED = "ingesting", "queued", "done", "partial", "failed"
@@ -113,7 +114,7 @@ def fail(sessions: sessionmaker[Session], job_id: int, reason: str) -> None:
 def mark_reviews(session: Session, job_id: int, ids: Iterable[int], status: str, error: str | None = None) -> None:
     session.execute(
         update(JobReview)
-        .where(JobReview.job_id == job_id, JobReview.review_id.in_(list(ids)))
+        .where(JobReview.job_id == job_id, any_of(session, JobReview.review_id, list(ids)))
         .values(status=status, error=error, updated_at=utcnow())
     )
 

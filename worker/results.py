@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from . import rollups
-from .db import upsert
+from .db import any_of, upsert
 from .nlp.types import Entity, Sentiment
 from .rollups import ReviewFacts
 from .schema import EntityRow, JobReview, ModelVersion, NerResult, Review, SentimentResult, utcnow
@@ -22,27 +22,49 @@ COLUMNS = ["id", "product_id", "rating", "language", "sentiment", "probability",
 
 
 def write(session: Session, reviews: Sequence[ReviewFacts], sentiments: Sequence[Sentiment],
-          entities: Sequence[list[Entity]], sentiment_version_id: int, ner_version_id: int) -> None:
+          entities: Sequence[list[Entity]], sentiment_version_id: int, ner_version_id: int,
+          with_rollups: bool = True) -> None:
     """One statement per table for the whole batch (db.upsert; entities by COPY on PostgreSQL).
     Every write is an upsert keyed on (review, model version): a redelivered batch changes nothing.
-    The batch's rollup deltas are recorded with the results, in the same transaction (rollups.py)."""
+    The batch's rollup deltas are recorded with the results, in the same transaction (rollups.py);
+    what they take out (the results being replaced) is read by the writing statements themselves.
+    with_rollups=False writes the results alone (the baseline of bench/write_path.py)."""
     now = utcnow()
     ids = [r.id for r in reviews]
-    rollups.update(session, reviews, sentiments, entities, sentiment_version_id, ner_version_id)
     keys = ["review_id", "model_version_id"]
-    upsert(session, SentimentResult,
-           [dict(review_id=i, model_version_id=sentiment_version_id, label=s.label, probability=s.probability,
-                 score=s.score, created_at=now) for i, s in zip(ids, sentiments)], keys,
-           lambda stmt: dict(label=stmt.excluded.label, probability=stmt.excluded.probability,
-                             score=stmt.excluded.score, created_at=stmt.excluded.created_at))
-    upsert(session, NerResult,
-           [dict(review_id=i, model_version_id=ner_version_id, entity_count=len(es),
-                 sentiment_version_id=sentiment_version_id, created_at=now) for i, es in zip(ids, entities)], keys,
-           lambda stmt: dict(entity_count=stmt.excluded.entity_count,
-                             sentiment_version_id=stmt.excluded.sentiment_version_id,
-                             created_at=stmt.excluded.created_at))
+    # What the rollups take out, read as the writes replace it (db.upsert's read_first, DELETE ... RETURNING).
+    # Every sentiment version: an old entity counts with the sentiment result it was paired with.
+    old_sentiment_query = old_pairs_query = None
+    if with_rollups:
+        old_sentiment_query = select(SentimentResult.review_id, SentimentResult.model_version_id,
+                                     SentimentResult.label, SentimentResult.score
+                                     ).where(any_of(session, SentimentResult.review_id, ids))
+        old_pairs_query = select(NerResult.review_id, NerResult.sentiment_version_id).where(
+            any_of(session, NerResult.review_id, ids), NerResult.model_version_id == ner_version_id)
+    old_sentiment = upsert(
+        session, SentimentResult,
+        [dict(review_id=i, model_version_id=sentiment_version_id, label=s.label, probability=s.probability,
+              score=s.score, created_at=now) for i, s in zip(ids, sentiments)], keys,
+        lambda stmt: dict(label=stmt.excluded.label, probability=stmt.excluded.probability,
+                          score=stmt.excluded.score, created_at=stmt.excluded.created_at),
+        read_first=old_sentiment_query)
+    old_pairs = upsert(
+        session, NerResult,
+        [dict(review_id=i, model_version_id=ner_version_id, entity_count=len(es),
+              sentiment_version_id=sentiment_version_id, created_at=now) for i, es in zip(ids, entities)], keys,
+        lambda stmt: dict(entity_count=stmt.excluded.entity_count,
+                          sentiment_version_id=stmt.excluded.sentiment_version_id,
+                          created_at=stmt.excluded.created_at),
+        read_first=old_pairs_query)
     # A redelivered batch replaces the entities it wrote before: delete, then insert.
-    session.execute(delete(EntityRow).where(EntityRow.review_id.in_(ids), EntityRow.model_version_id == ner_version_id))
+    stale = delete(EntityRow).where(any_of(session, EntityRow.review_id, ids),
+                                  EntityRow.model_version_id == ner_version_id)
+    old_entities = []
+    if with_rollups:
+        old_entities = session.execute(stale.returning(EntityRow.review_id, EntityRow.label, EntityRow.entity_key,
+                                                       EntityRow.score)).all()
+    else:
+        session.execute(stale)
     entity_rows = [
         dict(review_id=i, model_version_id=ner_version_id, label=e.label, text=e.text,
              entity_key=rollups.entity_key(e.text), start_char=e.start, end_char=e.end, score=e.score)
@@ -50,6 +72,12 @@ def write(session: Session, reviews: Sequence[ReviewFacts], sentiments: Sequence
     ]
     if entity_rows:
         insert_entities(session, entity_rows)
+    if with_rollups:
+        changed = rollups.changed_sentiment(old_sentiment, ids, sentiments, sentiment_version_id)
+        elsewhere = rollups.read_paired_elsewhere(session, changed, sentiment_version_id, ner_version_id)
+        before = rollups.Before(old_sentiment, old_pairs, old_entities, elsewhere)
+        rollups.record(session, *rollups.deltas(reviews, sentiments, entities, sentiment_version_id,
+                                                 ner_version_id, before))
 
 
 ENTITY_COLUMNS = ("review_id", "model_version_id", "label", "text", "entity_key", "start_char", "end_char", "score")
