@@ -117,3 +117,33 @@ def test_killed_ingest_is_recovered_after_its_lease(migrated_pg, redis_url, tiny
     p = wait_for_job(migrated_pg, job.id)
     assert p.status == "done" and p.total >= 1000
     assert _analysed(migrated_pg, job.id) == (p.total, p.total)
+
+
+def test_a_batch_that_is_not_the_last_does_not_count_the_job(migrated_sqlite):
+    """Every batch asks whether its job is complete; while reviews are pending the answer comes from
+    one index probe, never from counting all the job's reviews (which grows with the job)."""
+    from sqlalchemy import event
+
+    sessions = session_factory(migrated_sqlite)
+    with sessions() as s:
+        s.add_all([Review(external_id=f"r{i}", text=f"review {i}", text_sha256=str(i)) for i in range(6)])
+        s.commit()
+    job = jobs.create_reprocess(sessions)
+    statements: list[str] = []
+    engine = sessions.kw["bind"]
+    listener = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+    ids = jobs.pending_ids(sessions, job)
+    for k in range(0, 6, 2):
+        with sessions() as s:
+            jobs.mark_reviews(s, job, ids[k:k + 2], jobs.DONE)
+            s.commit()
+            statements.clear()
+            event.listen(engine, "before_cursor_execute", listener)
+            try:
+                closed = jobs.finish_if_complete(s, job)
+            finally:
+                event.remove(engine, "before_cursor_execute", listener)
+        counted = any("GROUP BY" in st for st in statements)
+        assert (closed, counted) == ((False, False) if k < 4 else (True, True))
+    with sessions() as s:
+        assert (jobs.progress(s, job).status, jobs.progress(s, job).done) == ("done", 6)
