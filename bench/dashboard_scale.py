@@ -174,6 +174,9 @@ ROLLUPS = [
               JOIN reviews r ON r.id = e.review_id
               GROUP BY 1, 2, 3, 4, 5, 6) x
         GROUP BY 1, 2, 3, 4, 5 ORDER BY 1""",
+    """INSERT INTO entity_totals (label, entity_key, model_version_id, sentiment_version_id, mentions)
+        SELECT label, entity_key, model_version_id, sentiment_version_id, SUM(mentions) FROM entity_daily
+        GROUP BY 1, 2, 3, 4""",
 ]
 
 
@@ -267,6 +270,10 @@ def report(url: str, n: int, facts: dict, runs: int) -> None:
         ("entities: top 10 per label, 90 days", lambda: q.top_entities(s, nv, sv, d90, None, 10)),
         ("entities: top 25 PER, 90 days", lambda: q.top_entities(s, nv, sv, d90, "PER", 25)),
         ("entities: top 10 per label, all days", lambda: q.top_entities(s, nv, sv, d_all, None, 10)),
+        ("entities: top 10 per label, 30 days, every entity summed (before)",
+         lambda: q.top_entities_scan(s, nv, sv, d30, None, 10)),
+        ("entities: top 10 per label, 90 days, every entity summed (before)",
+         lambda: q.top_entities_scan(s, nv, sv, d90, None, 10)),
         (f"drill-down: 20 reviews of the top entity ({key})", lambda: q.entity_reviews(s, nv, label, key, 20)),
         ("drill-down: 20 reviews, top 3 entities of each label in turn",
          lambda: q.entity_reviews(s, nv, *next(drill), 20)),

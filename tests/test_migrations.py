@@ -7,7 +7,7 @@ from worker import migrate
 from worker.db import get_engine
 
 TABLES = {"jobs", "reviews", "job_reviews", "model_versions", "sentiment_results", "ner_results", "entities",
-          "labels", "rejected_lines"}
+          "labels", "rejected_lines", "sentiment_daily", "entity_daily", "rollup_deltas", "entity_totals"}
 VIEWS = {"latest_sentiment", "sentiment_by_product_day", "entity_mentions"}
 
 
@@ -22,7 +22,7 @@ def _check_up_and_down(url):
     migrate.downgrade(url, "base")
     assert not TABLES & set(inspect(get_engine(url)).get_table_names())
     migrate.upgrade(url)
-    assert migrate.current(url) == "0006"
+    assert migrate.current(url) == "0007"
 
 
 def test_sqlite_up_and_down(sqlite_url):

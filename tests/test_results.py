@@ -145,7 +145,7 @@ def test_rollups_equal_sql_over_the_results_after_any_writes(sessions, writes):
     from worker import rollups
 
     with sessions() as s:  # each example starts from empty results and rollups
-        for table in ("rollup_deltas", "entity_daily", "sentiment_daily", "entities", "ner_results",
+        for table in ("rollup_deltas", "entity_totals", "entity_daily", "sentiment_daily", "entities", "ner_results",
                       "sentiment_results", "reviews", "model_versions"):
             s.execute(text(f"DELETE FROM {table}"))
         s.commit()

@@ -69,7 +69,14 @@ def _rollup_entities(conn) -> dict:
 def _check(url: str) -> None:
     with get_engine(url).connect() as conn:
         assert _rollup_sentiment(conn) == _expected_sentiment(conn)
-        assert _rollup_entities(conn) == _expected_entities(conn)
+        expected = _expected_entities(conn)
+        assert _rollup_entities(conn) == expected
+        totals: dict = {}
+        for (_day, *key), (mentions, _, _) in expected.items():
+            totals[tuple(key)] = totals.get(tuple(key), 0) + mentions
+        assert {tuple(r[:4]): r[4] for r in conn.execute(text(
+            "SELECT label, entity_key, model_version_id, sentiment_version_id, mentions FROM entity_totals "
+            "WHERE mentions <> 0"))} == totals
 
 
 def _run(resources, rows) -> int:

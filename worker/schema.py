@@ -164,7 +164,23 @@ class EntityDaily(Base):
     negative: Mapped[int] = mapped_column(Integer)
     score_sum: Mapped[float] = mapped_column(Float)  # their sentiment scores, summed
     entity_score_sum: Mapped[float] = mapped_column(Float)  # the NER confidence of the mentions, summed
-    __table_args__ = (Index("ix_entity_daily_version_day", "model_version_id", "day"),)
+    __table_args__ = (Index("ix_entity_daily_version_day", "model_version_id", "day"),
+                      # one entity's days: the range sums of the top-entities query's candidates
+                      Index("ix_entity_daily_entity_day", "model_version_id", "sentiment_version_id", "label",
+                            "entity_key", "day"))
+
+
+class EntityTotal(Base):
+    """entity_daily's mentions summed over all days: an upper bound on any range's, with which the
+    top entities of a range are found among a few candidates (dashboard/queries.py)."""
+
+    __tablename__ = "entity_totals"
+    label: Mapped[str] = mapped_column(String(10), primary_key=True)
+    entity_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)  # NER
+    sentiment_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    mentions: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (Index("ix_entity_totals_rank", "model_version_id", "sentiment_version_id", "label", "mentions"),)
 
 
 class RollupDelta(Base):

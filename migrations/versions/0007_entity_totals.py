@@ -1,0 +1,49 @@
+"""entity_totals (each entity's mentions over all days, kept by rollups.fold) and an index of
+entity_daily by entity and day: the top entities of a long range without summing every entity
+
+Revision ID: 0007
+Revises: 0006
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "entity_totals",
+        sa.Column("label", sa.String(10), primary_key=True),
+        sa.Column("entity_key", sa.Text(), primary_key=True),
+        sa.Column("model_version_id", BigId, sa.ForeignKey("model_versions.id"), primary_key=True),
+        sa.Column("sentiment_version_id", BigId, sa.ForeignKey("model_versions.id"), primary_key=True),
+        sa.Column("mentions", sa.BigInteger(), nullable=False),
+    )
+    op.create_index("ix_entity_totals_rank", "entity_totals",
+                    ["model_version_id", "sentiment_version_id", "label", "mentions"])
+    op.create_index("ix_entity_daily_entity_day", "entity_daily",
+                    ["model_version_id", "sentiment_version_id", "label", "entity_key", "day"])
+    # Deltas still pending are folded later into both tables, so the totals start from the folded days.
+    op.execute("INSERT INTO entity_totals (label, entity_key, model_version_id, sentiment_version_id, mentions) "
+               "SELECT label, entity_key, model_version_id, sentiment_version_id, SUM(mentions) FROM entity_daily "
+               "GROUP BY label, entity_key, model_version_id, sentiment_version_id HAVING SUM(mentions) <> 0")
+
+
+def downgrade() -> None:
+    # Pending deltas are folded while the totals exist (the fold writes them), so that 0006's code
+    # and its downgrade find nothing that needs this table.
+    from sqlalchemy.orm import Session
+
+    from worker import rollups
+
+    session = Session(bind=op.get_bind())
+    while rollups.fold(session):
+        pass
+    session.flush()
+    op.drop_index("ix_entity_daily_entity_day", "entity_daily")
+    op.drop_table("entity_totals")
