@@ -177,6 +177,8 @@ ROLLUPS = [
     """INSERT INTO entity_totals (label, entity_key, model_version_id, sentiment_version_id, mentions)
         SELECT label, entity_key, model_version_id, sentiment_version_id, SUM(mentions) FROM entity_daily
         GROUP BY 1, 2, 3, 4""",
+    """INSERT INTO product_totals (product_id, model_version_id, reviews)
+        SELECT product_id, model_version_id, SUM(reviews) FROM sentiment_daily GROUP BY 1, 2""",
 ]
 
 
@@ -264,6 +266,7 @@ def report(url: str, n: int, facts: dict, runs: int) -> None:
         ("every page: model versions", lambda: ops.model_versions(s)),
         ("products: top 50, 90 days", lambda: q.products(s, sv, d90, 51)),
         ("products: top 50, all days", lambda: q.products(s, sv, d_all, 51)),
+        ("products: top 50, all days, every product summed (before)", lambda: q.products_scan(s, sv, d_all, 51)),
         ("products: trend of the top 5, 90 days", lambda: q.product_trend(s, sv, d90, top5)),
         ("entities: top 10 per label, 7 days", lambda: q.top_entities(s, nv, sv, d7, None, 10)),
         ("entities: top 10 per label, 30 days", lambda: q.top_entities(s, nv, sv, d30, None, 10)),

@@ -1,5 +1,6 @@
-"""The dashboard's top entities: the bounded way (entity_totals) gives exactly what summing every
-entity of the range gives, for any rollups, range, label, count and confidence filter."""
+"""The dashboard's top entities and products: the bounded way (entity_totals, product_totals) gives
+exactly what summing every entity or product of the range gives, for any rollups, range, label,
+count, page and confidence filter."""
 
 import itertools
 from datetime import date, timedelta
@@ -29,17 +30,19 @@ def sessions(request):
 
 def _fill(sessions, batches: list[dict]) -> tuple[int, int]:
     with sessions() as s:
-        for table in ("rollup_deltas", "entity_totals", "entity_daily", "sentiment_daily"):
+        for table in ("rollup_deltas", "entity_totals", "entity_daily", "product_totals", "sentiment_daily"):
             s.execute(text(f"DELETE FROM {table}"))
         k = next(_SERIAL)
         versions = [ModelVersion(task=t, version=k, source="x", status="active") for t in ("ner", "sentiment")]
         s.add_all(versions)
         s.commit()
         nv, sv = versions[0].id, versions[1].id
-        for deltas in batches:
+        for deltas in batches:  # the same numbers as entity mentions and as product reviews
             ents = {(FIRST + timedelta(days=d), label, key, nv, sv): [m, 1, 1, 0, 0.5, m * conf]
                     for (d, label, key), (m, conf) in deltas.items()}
-            rollups.record(s, {}, ents)
+            sent = {(FIRST + timedelta(days=d), f"{label} {key}", sv): [m, m, 0, 0.5 * m]
+                    for (d, label, key), (m, _) in deltas.items()}
+            rollups.record(s, sent, ents)
         s.commit()
         rollups.fold_pending(s)
     return nv, sv
@@ -63,3 +66,18 @@ def test_the_bounded_top_entities_equal_the_full_sum(sessions, monkeypatch, batc
         fast = queries.top_entities(s, nv, sv, rng, label, n, min_confidence)
         full = queries.top_entities_scan(s, nv, sv, rng, label, n, min_confidence)
     assert fast == full
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(DELTAS, min_size=1, max_size=4), start=st.integers(0, 9), length=st.integers(1, 10),
+       limit=st.integers(1, 6), offset=st.integers(0, 4), max_candidates=st.sampled_from([2, 5, 2000]))
+def test_the_bounded_top_products_equal_the_full_sum(sessions, monkeypatch, batches, start, length, limit, offset,
+                                                      max_candidates):
+    _, sv = _fill(sessions, batches)
+    rng = DayRange(FIRST + timedelta(days=start), FIRST + timedelta(days=start + length - 1))
+    monkeypatch.setattr(queries, "MAX_CANDIDATES", max_candidates)
+    with sessions() as s:
+        totals = dict(s.execute(text("SELECT product_id, reviews FROM product_totals")).all())
+        summed = dict(s.execute(text("SELECT product_id, SUM(reviews) FROM sentiment_daily GROUP BY product_id")).all())
+        assert totals == summed
+        assert queries.products(s, sv, rng, limit, offset) == queries.products_scan(s, sv, rng, limit, offset)

@@ -68,7 +68,13 @@ def _rollup_entities(conn) -> dict:
 
 def _check(url: str) -> None:
     with get_engine(url).connect() as conn:
-        assert _rollup_sentiment(conn) == _expected_sentiment(conn)
+        sentiment = _expected_sentiment(conn)
+        assert _rollup_sentiment(conn) == sentiment
+        products: dict = {}
+        for _day, product, version, reviews, *_ in sentiment:
+            products[(product, version)] = products.get((product, version), 0) + reviews
+        assert dict(((p, v), n) for p, v, n in conn.execute(text(
+            "SELECT product_id, model_version_id, reviews FROM product_totals WHERE reviews <> 0"))) == products
         expected = _expected_entities(conn)
         assert _rollup_entities(conn) == expected
         totals: dict = {}

@@ -1,5 +1,5 @@
-"""Dashboard rollups (`sentiment_daily`, `entity_daily`, and `entity_totals`: entity_daily over all
-days), so that a dashboard reads a few rows per day instead of scanning the results tables.
+"""Dashboard rollups (`sentiment_daily`, `entity_daily`, and over all days `product_totals`,
+`entity_totals`), so that a dashboard reads a few rows per day instead of scanning the results tables.
 
 A batch changes the rollups by deltas: what its reviews contributed before under the same model
 versions (a redelivered batch, a reprocess) is taken out, and what they contribute now is put in. A
@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .db import any_of, upsert
 from .nlp.types import Entity, Sentiment
-from .schema import EntityDaily, EntityRow, EntityTotal, NerResult, RollupDelta, SentimentDaily, utcnow
+from .schema import (EntityDaily, EntityRow, EntityTotal, NerResult, ProductTotal, RollupDelta, SentimentDaily,
+                     utcnow)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,6 @@ SENTIMENT_KEYS = ["day", "product_id", "model_version_id"]
 SENTIMENT_SUMS = ["reviews", "positive", "negative", "score_sum"]
 ENTITY_KEYS = ["day", "label", "entity_key", "model_version_id", "sentiment_version_id"]
 ENTITY_SUMS = ["mentions", "reviews", "positive", "negative", "score_sum", "entity_score_sum"]
-TOTAL_KEYS = ENTITY_KEYS[1:]  # entity_totals: entity_daily's mentions over all days
 FOLD_BATCH = 500  # deltas per fold transaction
 
 
@@ -191,10 +191,13 @@ def fold(session: Session, limit: int = FOLD_BATCH) -> int:
                 target[key] = [a + b for a, b in zip(target[key], row[n_keys:])]
     _apply(session, SentimentDaily, SENTIMENT_KEYS, SENTIMENT_SUMS, sent)
     _apply(session, EntityDaily, ENTITY_KEYS, ENTITY_SUMS, ents)
-    totals: dict[tuple, list] = defaultdict(lambda: [0])
-    for key, sums in ents.items():  # the day left out: (label, entity_key, model_version_id, sentiment_version_id)
-        totals[key[1:]][0] += sums[0]
-    _apply(session, EntityTotal, TOTAL_KEYS, ["mentions"], totals)
+    # Over all days: the day left out of the keys, one sum kept (entity mentions, product reviews).
+    for table, keys, deltas, name in ((EntityTotal, ENTITY_KEYS[1:], ents, "mentions"),
+                                      (ProductTotal, SENTIMENT_KEYS[1:], sent, "reviews")):
+        totals: dict[tuple, list] = defaultdict(lambda: [0])
+        for key, sums in deltas.items():
+            totals[key[1:]][0] += sums[0]
+        _apply(session, table, keys, [name], totals)
     return len(claimed)
 
 

@@ -148,7 +148,19 @@ class SentimentDaily(Base):
     positive: Mapped[int] = mapped_column(Integer)
     negative: Mapped[int] = mapped_column(Integer)
     score_sum: Mapped[float] = mapped_column(Float)  # sum of P(positive) - P(negative)
-    __table_args__ = (Index("ix_sentiment_daily_version_day", "model_version_id", "day"),)
+    __table_args__ = (Index("ix_sentiment_daily_version_day", "model_version_id", "day"),
+                      # one product's days: the range sums of the top-products query's candidates
+                      Index("ix_sentiment_daily_product_day", "model_version_id", "product_id", "day"))
+
+
+class ProductTotal(Base):
+    """sentiment_daily's reviews summed over all days: an upper bound on any range's (dashboard/queries.py)."""
+
+    __tablename__ = "product_totals"
+    product_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    reviews: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (Index("ix_product_totals_rank", "model_version_id", "reviews"),)
 
 
 class EntityDaily(Base):

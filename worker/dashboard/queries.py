@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from ..db import any_of
 from ..nlp.types import NER_TYPES
-from ..schema import EntityDaily, EntityRow, EntityTotal, NerResult, Review, SentimentDaily, SentimentResult
+from ..schema import (EntityDaily, EntityRow, EntityTotal, NerResult, ProductTotal, Review, SentimentDaily,
+                      SentimentResult)
 from .params import DayRange
 
 SENTIMENT_SUMS = ("reviews", "positive", "negative", "score_sum")
@@ -66,7 +67,22 @@ def totals(days: list[dict]) -> dict:
 
 
 def products(session: Session, version_id: int, rng: DayRange, limit: int, offset: int = 0) -> list[dict]:
-    """Products by number of reviews in the range (reviews without a product are product '')."""
+    """Products by number of reviews in the range (reviews without a product are product ''); exact,
+    through product_totals where that spares summing every product (see bounded_top)."""
+    totals = [ProductTotal.model_version_id == version_id]
+    rows = bounded_top(
+        offset + limit, "reviews",
+        lambda n: session.scalars(select(ProductTotal.product_id).where(*totals)
+                                  .order_by(ProductTotal.reviews.desc()).limit(n)).all(),
+        lambda t, n: session.scalars(select(ProductTotal.product_id).where(*totals, ProductTotal.reviews >= t)
+                                     .limit(n)).all(),
+        lambda keys: products_scan(session, version_id, rng, None, 0, keys))
+    return rows[offset:] if rows is not None else products_scan(session, version_id, rng, limit, offset)
+
+
+def products_scan(session: Session, version_id: int, rng: DayRange, limit: int | None, offset: int = 0,
+                  only: list[str] | None = None) -> list[dict]:
+    """products by summing every product of the range (or those in `only`)."""
     reviews = func.sum(SentimentDaily.reviews)
     q = (select(SentimentDaily.product_id, *_sums(SentimentDaily, SENTIMENT_SUMS))
          .where(SentimentDaily.model_version_id == version_id, _in_range(SentimentDaily, rng))
@@ -74,6 +90,8 @@ def products(session: Session, version_id: int, rng: DayRange, limit: int, offse
          .having(reviews > 0)
          .order_by(reviews.desc(), SentimentDaily.product_id)
          .limit(limit).offset(offset))
+    if only is not None:
+        q = q.where(any_of(session, SentimentDaily.product_id, only))
     return [with_ratios(dict(r._mapping)) for r in session.execute(q)]
 
 
@@ -94,7 +112,27 @@ def product_trend(session: Session, version_id: int, rng: DayRange, product_ids:
     return out
 
 
-MAX_CANDIDATES = 2000  # entities of one label summed over the range; beyond it, summing all of them is as quick
+MAX_CANDIDATES = 2000  # rows summed over the range; beyond it, summing all of them is as quick
+
+
+def bounded_top(n: int, measure: str, seeds, at_least, range_sums) -> list[dict] | None:
+    """The n rows with the most `measure` in a date range, exactly, without summing every key of a
+    long range; None where that would not pay (the caller sums them all).
+
+    A key's total over all days (`seeds(n)`: the n keys with the largest; `at_least(t, limit)`: keys
+    with a total of at least t) bounds its sum in any range. The n-th best range sum of the seeds is a
+    threshold T; a key whose total is under T cannot reach T in the range, so only keys with at least
+    T are summed (`range_sums(keys)`: their rows, ranked as the answer is). Where those are many (a
+    short range, where T is low) the caller's full sum is as quick."""
+    keys = seeds(n)
+    if not keys:
+        return []
+    ranked = range_sums(keys)
+    threshold = ranked[n - 1][measure] if len(ranked) >= n else 1
+    candidates = at_least(threshold, MAX_CANDIDATES + 1)
+    if len(candidates) > MAX_CANDIDATES:
+        return None
+    return range_sums(candidates)[:n]
 
 
 def top_entities(session: Session, ner_id: int, sentiment_id: int, rng: DayRange, label: str | None,
@@ -102,38 +140,22 @@ def top_entities(session: Session, ner_id: int, sentiment_id: int, rng: DayRange
     """The entities with the most mentions in the range, `per_label` of each label (or of `label`),
     with the sentiment of the reviews that mention them. `min_confidence` is a display filter on
     the mean NER confidence of an entity's mentions (the write path already dropped mentions under
-    REVIEWS_MIN_ENTITY_SCORE).
-
-    Exact, without summing every entity of a long range: an entity's mentions over all days
-    (entity_totals) bound its mentions in any range. The entities with the most mentions over all
-    days give a threshold T, the per_label-th best of their mentions in the range; an entity with
-    fewer than T mentions over all days cannot reach T in the range, so only those with at least T
-    are summed. Where they are many (a short range, where T is low), every entity of the range is."""
+    REVIEWS_MIN_ENTITY_SCORE). Exact; through entity_totals (bounded_top) where that pays."""
     out: list[dict] = []
     for one in [label] if label else sorted(NER_TYPES):
-        rows = _top_by_bound(session, ner_id, sentiment_id, rng, one, per_label, min_confidence)
+        totals = [EntityTotal.model_version_id == ner_id, EntityTotal.sentiment_version_id == sentiment_id,
+                  EntityTotal.label == one]
+        rows = bounded_top(
+            per_label, "mentions",
+            lambda n: session.scalars(select(EntityTotal.entity_key).where(*totals)
+                                      .order_by(EntityTotal.mentions.desc()).limit(n)).all(),
+            lambda t, n: session.scalars(select(EntityTotal.entity_key).where(*totals, EntityTotal.mentions >= t)
+                                         .limit(n)).all(),
+            lambda keys: _range_sums(session, ner_id, sentiment_id, rng, one, keys, min_confidence))
         if rows is None:
             rows = top_entities_scan(session, ner_id, sentiment_id, rng, one, per_label, min_confidence)
         out += rows
     return out
-
-
-def _top_by_bound(session: Session, ner_id: int, sentiment_id: int, rng: DayRange, label: str, n: int,
-                  min_confidence: float) -> list[dict] | None:
-    """top_entities for one label through entity_totals; None when the candidates are too many."""
-    of_label = [EntityTotal.model_version_id == ner_id, EntityTotal.sentiment_version_id == sentiment_id,
-                EntityTotal.label == label]
-    seeds = session.scalars(select(EntityTotal.entity_key).where(*of_label)
-                            .order_by(EntityTotal.mentions.desc()).limit(n)).all()
-    if not seeds:
-        return []
-    ranked = _range_sums(session, ner_id, sentiment_id, rng, label, seeds, min_confidence)
-    threshold = ranked[n - 1]["mentions"] if len(ranked) >= n else 1
-    candidates = session.scalars(select(EntityTotal.entity_key).where(*of_label, EntityTotal.mentions >= threshold)
-                                 .limit(MAX_CANDIDATES + 1)).all()
-    if len(candidates) > MAX_CANDIDATES:
-        return None
-    return _range_sums(session, ner_id, sentiment_id, rng, label, candidates, min_confidence)[:n]
 
 
 def _range_sums(session: Session, ner_id: int, sentiment_id: int, rng: DayRange, label: str, keys: list[str],

@@ -1,5 +1,6 @@
-"""entity_totals (each entity's mentions over all days, kept by rollups.fold) and an index of
-entity_daily by entity and day: the top entities of a long range without summing every entity
+"""entity_totals and product_totals (each entity's mentions and each product's reviews over all days,
+kept by rollups.fold) and indexes of the daily rollups by entity and by product: the top entities and
+products of a long range without summing every one of them
 
 Revision ID: 0007
 Revises: 0006
@@ -28,10 +29,21 @@ def upgrade() -> None:
                     ["model_version_id", "sentiment_version_id", "label", "mentions"])
     op.create_index("ix_entity_daily_entity_day", "entity_daily",
                     ["model_version_id", "sentiment_version_id", "label", "entity_key", "day"])
+    op.create_table(
+        "product_totals",
+        sa.Column("product_id", sa.String(255), primary_key=True),
+        sa.Column("model_version_id", BigId, sa.ForeignKey("model_versions.id"), primary_key=True),
+        sa.Column("reviews", sa.BigInteger(), nullable=False),
+    )
+    op.create_index("ix_product_totals_rank", "product_totals", ["model_version_id", "reviews"])
+    op.create_index("ix_sentiment_daily_product_day", "sentiment_daily", ["model_version_id", "product_id", "day"])
     # Deltas still pending are folded later into both tables, so the totals start from the folded days.
     op.execute("INSERT INTO entity_totals (label, entity_key, model_version_id, sentiment_version_id, mentions) "
                "SELECT label, entity_key, model_version_id, sentiment_version_id, SUM(mentions) FROM entity_daily "
                "GROUP BY label, entity_key, model_version_id, sentiment_version_id HAVING SUM(mentions) <> 0")
+    op.execute("INSERT INTO product_totals (product_id, model_version_id, reviews) "
+               "SELECT product_id, model_version_id, SUM(reviews) FROM sentiment_daily "
+               "GROUP BY product_id, model_version_id HAVING SUM(reviews) <> 0")
 
 
 def downgrade() -> None:
@@ -45,5 +57,7 @@ def downgrade() -> None:
     while rollups.fold(session):
         pass
     session.flush()
+    op.drop_index("ix_sentiment_daily_product_day", "sentiment_daily")
+    op.drop_table("product_totals")
     op.drop_index("ix_entity_daily_entity_day", "entity_daily")
     op.drop_table("entity_totals")
