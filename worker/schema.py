@@ -139,6 +139,12 @@ class EntityRow(Base):
 # it was ingested. Every row names its model version(s): a promotion never silently shifts a trend.
 
 
+# The rollups' sums, carried in their by-key indexes on PostgreSQL (INCLUDE) so that summing a few keys'
+# days reads index pages only, not one table page per day (bench/RESULTS.md, "Top entities at 10M").
+SENTIMENT_DAILY_SUMS = ["reviews", "positive", "negative", "score_sum"]
+ENTITY_DAILY_SUMS = ["mentions", "reviews", "positive", "negative", "score_sum", "entity_score_sum"]
+
+
 class SentimentDaily(Base):
     __tablename__ = "sentiment_daily"
     day: Mapped[date] = mapped_column(Date, primary_key=True)
@@ -150,7 +156,8 @@ class SentimentDaily(Base):
     score_sum: Mapped[float] = mapped_column(Float)  # sum of P(positive) - P(negative)
     __table_args__ = (Index("ix_sentiment_daily_version_day", "model_version_id", "day"),
                       # one product's days: the range sums of the top-products query's candidates
-                      Index("ix_sentiment_daily_product_day", "model_version_id", "product_id", "day"))
+                      Index("ix_sentiment_daily_product_day", "model_version_id", "product_id", "day",
+                            postgresql_include=SENTIMENT_DAILY_SUMS))
 
 
 class ProductTotal(Base):
@@ -179,7 +186,7 @@ class EntityDaily(Base):
     __table_args__ = (Index("ix_entity_daily_version_day", "model_version_id", "day"),
                       # one entity's days: the range sums of the top-entities query's candidates
                       Index("ix_entity_daily_entity_day", "model_version_id", "sentiment_version_id", "label",
-                            "entity_key", "day"))
+                            "entity_key", "day", postgresql_include=ENTITY_DAILY_SUMS))
 
 
 class EntityTotal(Base):

@@ -27,8 +27,10 @@ def upgrade() -> None:
     )
     op.create_index("ix_entity_totals_rank", "entity_totals",
                     ["model_version_id", "sentiment_version_id", "label", "mentions"])
+    # The sums ride in the indexes (PostgreSQL INCLUDE): a few keys' days are read from index pages alone.
     op.create_index("ix_entity_daily_entity_day", "entity_daily",
-                    ["model_version_id", "sentiment_version_id", "label", "entity_key", "day"])
+                    ["model_version_id", "sentiment_version_id", "label", "entity_key", "day"],
+                    postgresql_include=["mentions", "reviews", "positive", "negative", "score_sum", "entity_score_sum"])
     op.create_table(
         "product_totals",
         sa.Column("product_id", sa.String(255), primary_key=True),
@@ -36,7 +38,8 @@ def upgrade() -> None:
         sa.Column("reviews", sa.BigInteger(), nullable=False),
     )
     op.create_index("ix_product_totals_rank", "product_totals", ["model_version_id", "reviews"])
-    op.create_index("ix_sentiment_daily_product_day", "sentiment_daily", ["model_version_id", "product_id", "day"])
+    op.create_index("ix_sentiment_daily_product_day", "sentiment_daily", ["model_version_id", "product_id", "day"],
+                    postgresql_include=["reviews", "positive", "negative", "score_sum"])
     # Deltas still pending are folded later into both tables, so the totals start from the folded days.
     op.execute("INSERT INTO entity_totals (label, entity_key, model_version_id, sentiment_version_id, mentions) "
                "SELECT label, entity_key, model_version_id, sentiment_version_id, SUM(mentions) FROM entity_daily "
