@@ -179,6 +179,9 @@ ROLLUPS = [
         GROUP BY 1, 2, 3, 4""",
     """INSERT INTO product_totals (product_id, model_version_id, reviews)
         SELECT product_id, model_version_id, SUM(reviews) FROM sentiment_daily GROUP BY 1, 2""",
+    """INSERT INTO sentiment_day_totals (day, model_version_id, reviews, positive, negative, score_sum)
+        SELECT day, model_version_id, SUM(reviews), SUM(positive), SUM(negative), SUM(score_sum)
+        FROM sentiment_daily GROUP BY 1, 2""",
 ]
 
 

@@ -30,7 +30,7 @@ def sessions(request):
 
 def _fill(sessions, batches: list[dict]) -> tuple[int, int]:
     with sessions() as s:
-        for table in ("rollup_deltas", "entity_totals", "entity_daily", "product_totals", "sentiment_daily"):
+        for table in ("rollup_deltas", "entity_totals", "entity_daily", "product_totals", "sentiment_day_totals", "sentiment_daily"):
             s.execute(text(f"DELETE FROM {table}"))
         k = next(_SERIAL)
         versions = [ModelVersion(task=t, version=k, source="x", status="active") for t in ("ner", "sentiment")]

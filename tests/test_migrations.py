@@ -8,7 +8,7 @@ from worker.db import get_engine
 
 TABLES = {"jobs", "reviews", "job_reviews", "model_versions", "sentiment_results", "ner_results", "entities",
           "labels", "rejected_lines", "sentiment_daily", "entity_daily", "rollup_deltas", "entity_totals",
-          "product_totals"}
+          "product_totals", "sentiment_day_totals"}
 VIEWS = {"latest_sentiment", "sentiment_by_product_day", "entity_mentions"}
 
 

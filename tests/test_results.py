@@ -145,8 +145,8 @@ def test_rollups_equal_sql_over_the_results_after_any_writes(sessions, writes):
     from worker import rollups
 
     with sessions() as s:  # each example starts from empty results and rollups
-        for table in ("rollup_deltas", "entity_totals", "entity_daily", "product_totals", "sentiment_daily", "entities",
-                      "ner_results", "sentiment_results", "reviews", "model_versions"):
+        for table in ("rollup_deltas", "entity_totals", "entity_daily", "product_totals", "sentiment_day_totals",
+                      "sentiment_daily", "entities", "ner_results", "sentiment_results", "reviews", "model_versions"):
             s.execute(text(f"DELETE FROM {table}"))
         s.commit()
     facts, sv, nv = _setup(sessions, 4)

@@ -75,6 +75,13 @@ def _check(url: str) -> None:
             products[(product, version)] = products.get((product, version), 0) + reviews
         assert dict(((p, v), n) for p, v, n in conn.execute(text(
             "SELECT product_id, model_version_id, reviews FROM product_totals WHERE reviews <> 0"))) == products
+        days: dict = {}
+        for day, _product, version, reviews, positive, negative, score in sentiment:
+            sums = days.get((day, version), (0, 0, 0, 0.0))
+            days[(day, version)] = (sums[0] + reviews, sums[1] + positive, sums[2] + negative, sums[3] + score)
+        stored = conn.execute(text("SELECT day, model_version_id, reviews, positive, negative, score_sum "
+                                   "FROM sentiment_day_totals WHERE reviews <> 0"))
+        assert {(str(d), v): (n, p, ng, pytest.approx(sc, abs=1e-5)) for d, v, n, p, ng, sc in stored} == days
         expected = _expected_entities(conn)
         assert _rollup_entities(conn) == expected
         totals: dict = {}

@@ -1,5 +1,6 @@
-"""Dashboard rollups (`sentiment_daily`, `entity_daily`, and over all days `product_totals`,
-`entity_totals`), so that a dashboard reads a few rows per day instead of scanning the results tables.
+"""Dashboard rollups (`sentiment_daily`, `entity_daily`; over all days `product_totals`, `entity_totals`;
+over all products `sentiment_day_totals`), so that a dashboard reads a few rows per day instead of
+scanning the results tables.
 
 A batch changes the rollups by deltas: what its reviews contributed before under the same model
 versions (a redelivered batch, a reprocess) is taken out, and what they contribute now is put in. A
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .db import any_of, upsert
 from .nlp.types import Entity, Sentiment
 from .schema import (EntityDaily, EntityRow, EntityTotal, NerResult, ProductTotal, RollupDelta, SentimentDaily,
-                     utcnow)
+                     SentimentDayTotal, utcnow)
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,10 @@ def fold(session: Session, limit: int = FOLD_BATCH) -> int:
         for key, sums in deltas.items():
             totals[key[1:]][0] += sums[0]
         _apply(session, table, keys, [name], totals)
+    days: dict[tuple, list] = defaultdict(lambda: [0] * len(SENTIMENT_SUMS))  # over all products
+    for (day, _product, version), sums in sent.items():
+        days[(day, version)] = [a + b for a, b in zip(days[(day, version)], sums)]
+    _apply(session, SentimentDayTotal, ["day", "model_version_id"], SENTIMENT_SUMS, days)
     return len(claimed)
 
 

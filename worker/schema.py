@@ -160,6 +160,19 @@ class SentimentDaily(Base):
                             postgresql_include=SENTIMENT_DAILY_SUMS))
 
 
+class SentimentDayTotal(Base):
+    """sentiment_daily summed over products: the overview's and Grafana's days read one row each."""
+
+    __tablename__ = "sentiment_day_totals"
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    reviews: Mapped[int] = mapped_column(BigInteger)
+    positive: Mapped[int] = mapped_column(BigInteger)
+    negative: Mapped[int] = mapped_column(BigInteger)
+    score_sum: Mapped[float] = mapped_column(Float)
+    __table_args__ = (Index("ix_sentiment_day_totals_version_day", "model_version_id", "day"),)
+
+
 class ProductTotal(Base):
     """sentiment_daily's reviews summed over all days: an upper bound on any range's (dashboard/queries.py)."""
 

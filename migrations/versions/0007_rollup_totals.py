@@ -1,6 +1,6 @@
-"""entity_totals and product_totals (each entity's mentions and each product's reviews over all days,
-kept by rollups.fold) and indexes of the daily rollups by entity and by product: the top entities and
-products of a long range without summing every one of them
+"""entity_totals and product_totals (each entity's mentions and each product's reviews over all days)
+and sentiment_day_totals (each day over all products), kept by rollups.fold, and indexes of the daily
+rollups by entity and by product: long ranges without summing every entity, product or product-day
 
 Revision ID: 0007
 Revises: 0006
@@ -38,6 +38,16 @@ def upgrade() -> None:
         sa.Column("reviews", sa.BigInteger(), nullable=False),
     )
     op.create_index("ix_product_totals_rank", "product_totals", ["model_version_id", "reviews"])
+    op.create_table(
+        "sentiment_day_totals",
+        sa.Column("day", sa.Date(), primary_key=True),
+        sa.Column("model_version_id", BigId, sa.ForeignKey("model_versions.id"), primary_key=True),
+        sa.Column("reviews", sa.BigInteger(), nullable=False),
+        sa.Column("positive", sa.BigInteger(), nullable=False),
+        sa.Column("negative", sa.BigInteger(), nullable=False),
+        sa.Column("score_sum", sa.Float(), nullable=False),
+    )
+    op.create_index("ix_sentiment_day_totals_version_day", "sentiment_day_totals", ["model_version_id", "day"])
     op.create_index("ix_sentiment_daily_product_day", "sentiment_daily", ["model_version_id", "product_id", "day"],
                     postgresql_include=["reviews", "positive", "negative", "score_sum"])
     # Deltas still pending are folded later into both tables, so the totals start from the folded days.
@@ -47,6 +57,9 @@ def upgrade() -> None:
     op.execute("INSERT INTO product_totals (product_id, model_version_id, reviews) "
                "SELECT product_id, model_version_id, SUM(reviews) FROM sentiment_daily "
                "GROUP BY product_id, model_version_id HAVING SUM(reviews) <> 0")
+    op.execute("INSERT INTO sentiment_day_totals (day, model_version_id, reviews, positive, negative, score_sum) "
+               "SELECT day, model_version_id, SUM(reviews), SUM(positive), SUM(negative), SUM(score_sum) "
+               "FROM sentiment_daily GROUP BY day, model_version_id")
 
 
 def downgrade() -> None:
@@ -60,6 +73,7 @@ def downgrade() -> None:
     while rollups.fold(session):
         pass
     session.flush()
+    op.drop_table("sentiment_day_totals")
     op.drop_index("ix_sentiment_daily_product_day", "sentiment_daily")
     op.drop_table("product_totals")
     op.drop_index("ix_entity_daily_entity_day", "entity_daily")

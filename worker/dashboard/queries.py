@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from ..db import any_of
 from ..nlp.types import NER_TYPES
 from ..schema import (EntityDaily, EntityRow, EntityTotal, NerResult, ProductTotal, Review, SentimentDaily,
-                      SentimentResult)
+                      SentimentDayTotal, SentimentResult)
 from .params import DayRange
 
 SENTIMENT_SUMS = ("reviews", "positive", "negative", "score_sum")
@@ -46,17 +46,19 @@ def with_ratios(row: dict) -> dict:
 
 def sentiment_bounds(session: Session, version_id: int) -> tuple[date | None, date | None]:
     """First and last day with results of a sentiment version: two index lookups."""
-    q = select(func.min(SentimentDaily.day), func.max(SentimentDaily.day)).where(
-        SentimentDaily.model_version_id == version_id, SentimentDaily.reviews > 0)
+    q = select(func.min(SentimentDayTotal.day), func.max(SentimentDayTotal.day)).where(
+        SentimentDayTotal.model_version_id == version_id, SentimentDayTotal.reviews > 0)
     lo, hi = session.execute(q).one()
     return lo, hi
 
 
 def sentiment_by_day(session: Session, version_id: int, rng: DayRange) -> list[dict]:
-    """Reviews, positive, negative and score sum per day of one sentiment version, all products."""
-    q = (select(SentimentDaily.day, *_sums(SentimentDaily, SENTIMENT_SUMS))
-         .where(SentimentDaily.model_version_id == version_id, _in_range(SentimentDaily, rng))
-         .group_by(SentimentDaily.day).order_by(SentimentDaily.day))
+    """Reviews, positive, negative and score sum per day of one sentiment version, all products: one
+    row a day of sentiment_day_totals (summing sentiment_daily's products took 237 ms p95 for 730
+    days at 10M reviews)."""
+    q = (select(SentimentDayTotal.day, *[getattr(SentimentDayTotal, n) for n in SENTIMENT_SUMS])
+         .where(SentimentDayTotal.model_version_id == version_id, _in_range(SentimentDayTotal, rng))
+         .order_by(SentimentDayTotal.day))
     return [with_ratios(dict(r._mapping)) for r in session.execute(q) if r.reviews]
 
 
