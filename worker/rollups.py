@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .db import any_of, upsert
 from .nlp.types import Entity, Sentiment
-from .schema import (EntityDaily, EntityRow, EntityTotal, NerResult, ProductTotal, RollupDelta, SentimentDaily,
-                     SentimentDayTotal, utcnow)
+from .schema import (ENTITY_DAILY_SUMS, SENTIMENT_DAILY_SUMS, EntityDaily, EntityRow, EntityTotal, NerResult,
+                     ProductTotal, RollupDelta, SentimentDaily, SentimentDayTotal, utcnow)
 
 
 @dataclass(frozen=True)
@@ -154,9 +154,9 @@ def deltas(reviews: Sequence[ReviewFacts], sentiments: Sequence[Sentiment], enti
 
 
 SENTIMENT_KEYS = ["day", "product_id", "model_version_id"]
-SENTIMENT_SUMS = ["reviews", "positive", "negative", "score_sum"]
+SENTIMENT_SUMS = SENTIMENT_DAILY_SUMS
 ENTITY_KEYS = ["day", "label", "entity_key", "model_version_id", "sentiment_version_id"]
-ENTITY_SUMS = ["mentions", "reviews", "positive", "negative", "score_sum", "entity_score_sum"]
+ENTITY_SUMS = ENTITY_DAILY_SUMS
 FOLD_BATCH = 500  # deltas per fold transaction
 
 

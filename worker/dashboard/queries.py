@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 
 from ..db import any_of
 from ..nlp.types import NER_TYPES
-from ..schema import (EntityDaily, EntityRow, EntityTotal, NerResult, ProductTotal, Review, SentimentDaily,
-                      SentimentDayTotal, SentimentResult)
+from ..schema import (ENTITY_DAILY_SUMS, SENTIMENT_DAILY_SUMS, EntityDaily, EntityRow, EntityTotal, NerResult,
+                      ProductTotal, Review, SentimentDaily, SentimentDayTotal, SentimentResult)
 from .params import DayRange
 
-SENTIMENT_SUMS = ("reviews", "positive", "negative", "score_sum")
-ENTITY_SUMS = ("mentions", "reviews", "positive", "negative", "score_sum", "entity_score_sum")
+SENTIMENT_SUMS = tuple(SENTIMENT_DAILY_SUMS)
+ENTITY_SUMS = tuple(ENTITY_DAILY_SUMS)
 
 
 def _sums(table, names):
