@@ -218,7 +218,8 @@ def reviews_cmd() -> list[str]:
 
 
 def end_to_end(dirs: dict[str, str], rows: list[dict], warm_rows: list[dict], batch_size: int, rounds: int,
-               table: Table, engine_out: dict) -> dict:
+               table: Table, engine_out: dict, workers: int = 1) -> dict:
+    """`workers` solo worker processes (on one GPU, say) take the job's messages from one queue."""
     import redis
     from sqlalchemy import func, select
 
@@ -232,14 +233,17 @@ def end_to_end(dirs: dict[str, str], rows: list[dict], warm_rows: list[dict], ba
     env = dict(os.environ, REVIEWS_DATABASE_URL=url, REVIEWS_BROKER_URL=BROKER_URL,
                REVIEWS_SENTIMENT_MODEL=dirs["sentiment"], REVIEWS_NER_MODEL=dirs["ner"],
                REVIEWS_BATCH_SIZE=str(batch_size), REVIEWS_MODEL_DIR=tempfile.mkdtemp(prefix="reviews-bench-"))
+    if workers > 1:  # the host's cores shared among the workers, as `--pool prefork` shares them among children
+        env.setdefault("REVIEWS_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     subprocess.run(reviews_cmd() + ["db", "upgrade"], env=env, check=True, capture_output=True)
     tmp = Path(tempfile.mkdtemp(prefix="reviews-bench-"))
     main_file, warm_file = tmp / "reviews.jsonl", tmp / "warm.jsonl"
     main_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     warm_file.write_text("".join(json.dumps(r) + "\n" for r in warm_rows))
     log = open(tmp / "worker.log", "w")
-    worker = subprocess.Popen(reviews_cmd() + ["worker", "--loglevel", "WARNING"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+    procs = [subprocess.Popen(reviews_cmd() + ["worker", "--loglevel", "WARNING", "-n", f"bench{k}@%h"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT) for k in range(workers)]
+    worker = procs[0]
     result: dict = {}
     try:
         sessions = session_factory(url)
@@ -259,12 +263,12 @@ def end_to_end(dirs: dict[str, str], rows: list[dict], warm_rows: list[dict], ba
                 finished = job.finished_at.timestamp()
             return finished - started_wall, command_s
 
-        enqueue(warm_file)  # starts the worker's models and connections
+        enqueue(warm_file)  # starts the workers' models and connections (give it a message per worker)
         times = [enqueue(main_file) for _ in range(rounds)]
         done_s = statistics.median(t for t, _ in times)
         command_s = statistics.median(c for _, c in times)
         table.add("end to end, both tasks (enqueue -> job done)", done_s,
-                  f"solo worker; `enqueue --wait` took {command_s:.1f} s")
+                  f"{workers} solo worker(s); `enqueue --wait` took {command_s:.1f} s")
         result["worker_hwm_mib"] = vm_hwm_mib(worker.pid)
         with sessions() as s:
             by_ext = dict(s.execute(select(Review.external_id, Review.id)).all())
@@ -280,11 +284,13 @@ def end_to_end(dirs: dict[str, str], rows: list[dict], warm_rows: list[dict], ba
         result["write"] = write_statements(sessions, [by_ext[r["id"]] for r in rows[:batch_size]],
                                            engine_out["sentiment"][:batch_size], engine_out["ner"][:batch_size])
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
         log.close()
         redis.Redis.from_url(BROKER_URL).flushdb()
         admin(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")

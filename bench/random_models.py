@@ -26,13 +26,17 @@ SIZES = {
     "base": {},  # DistilBertConfig() defaults: dim 768, 6 layers, 66M parameters
     "small": dict(dim=384, hidden_dim=1536, n_heads=12),  # the bundled models' shape, 22.7M
 }
+# The bias of the random tagger's "O" column, per size: with none it tags about 150 entities a review,
+# and decoding and storing entities cost in proportion to their number; with these it finds about 11
+# a review of IMDb, as the bundled NER model does (measured on the first 100-200 unlabeled reviews).
+O_BIAS = {"base": 1.6, "small": 1.3}
 
 
 def save_random(directory: Path, task: str, size: str = "base", seed: int = 0) -> Path:
     """Save a random `size` DistilBERT for `task` ("sentiment" or "ner") with a real tokenizer."""
     directory = Path(directory)
     marker = directory / "bench_model.json"
-    want = {"task": task, "size": size, "seed": seed, "format": 3}
+    want = {"task": task, "size": size, "seed": seed, "format": 4}
     if marker.is_file() and json.loads(marker.read_text()) == want:
         return directory
     directory.mkdir(parents=True, exist_ok=True)
@@ -43,7 +47,11 @@ def save_random(directory: Path, task: str, size: str = "base", seed: int = 0) -
         **SIZES[size],
     )
     head = DistilBertForSequenceClassification if task == "sentiment" else DistilBertForTokenClassification
-    head(config).save_pretrained(directory, safe_serialization=True)
+    model = head(config)
+    if task == "ner":
+        with torch.no_grad():
+            model.classifier.bias[labels.index("O")] = O_BIAS.get(size, 0.0)
+    model.save_pretrained(directory, safe_serialization=True)
     # The bundled models' tokenizer: the distilbert-base-uncased vocabulary, 512 tokens at most
     # (pipelines need model_max_length to cut long reviews into strided windows).
     tokenizer = AutoTokenizer.from_pretrained(BUNDLED_SENTIMENT)

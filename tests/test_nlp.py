@@ -94,12 +94,11 @@ def test_a_tag_without_prefix_reads_as_i():
     assert not any(is_bio_tag(t) for t in ("PER", "B-", "I-", "E-PER", "S-LOC", "O-PER", "b-PER", "B", "", "B- X"))
 
 
-def test_decode_bio_reads_first_pieces_and_averages_word_scores():
+def test_decode_bio_averages_word_scores():
     text = "Obama met Angela Merkel"
-    # Tokens: 0 Obama, 1 met, 2 Angela, 3 Mer, 4 ##kel; the tag and score of a word are its first piece's.
     words = [(0, 0, 5), (1, 6, 9), (2, 10, 16), (3, 17, 23)]
-    tags = ["B-PER", "O", "B-PER", "I-PER", "O"]
-    ents = decode_bio(text, words, tags, [0.9, 0.5, 0.8, 0.6, 0.1])
+    tags = ["B-PER", "O", "B-PER", "I-PER"]  # per word: its first piece's
+    ents = decode_bio(text, words, tags, [0.9, 0.5, 0.8, 0.6])
     assert [(e.label, e.text, e.start, e.end) for e in ents] == [("PER", "Obama", 0, 5), ("PER", "Angela Merkel", 10, 23)]
     assert ents[1].score == pytest.approx(0.7)
     assert decode_bio(text, [], [], []) == []
@@ -411,3 +410,4 @@ def test_entity_edges_are_trimmed_of_stray_punctuation():
     ents = decode_bio(text, words, tags, [0.9, 0.9, 0.9])
     assert [(e.text, e.start, e.end) for e in ents] == [("Kroko", 5, 10)]
     assert decode_bio(text, [(0, 53, 56)], ["B-LOC"], [0.9]) == []  # "..." alone
+

@@ -46,9 +46,9 @@ class GarbageForward(batching.Forward):
 
     garbage: set[str] = set()
 
-    def __call__(self, input_ids, attention_mask):
+    def __call__(self, input_ids, attention_mask, full=None):
         if self.precision not in self.garbage:
-            return super().__call__(input_ids, attention_mask)
+            return super().__call__(input_ids, attention_mask, full)
         n = self.model.config.num_labels
         shape = (*input_ids.shape, n) if input_ids.dim() == 2 and self.per_token else (input_ids.shape[0], n)
         return 10 * torch.randn(shape, generator=torch.Generator().manual_seed(1))
@@ -181,11 +181,11 @@ class SlowForward(batching.Forward):
 
     calls: dict[str, int] = {}
 
-    def __call__(self, input_ids, attention_mask):
+    def __call__(self, input_ids, attention_mask, full=None):
         SlowForward.calls[self.precision] = SlowForward.calls.get(self.precision, 0) + 1
         if self.precision != "fp32":
             time.sleep(0.25)
-        return super().__call__(input_ids, attention_mask)
+        return super().__call__(input_ids, attention_mask, full)
 
 
 def test_a_candidate_far_slower_than_fp32_is_dropped_after_its_first_batch(home, tiny_models, monkeypatch, caplog):

@@ -30,11 +30,16 @@ class Encoded:
     offsets: list[tuple[int, int]]  # character span of each token in the original text
 
 
-def encode(tokenizer, texts: list[str]) -> list[Encoded]:
-    """Tokenize whole texts, without truncation: windows decide what the model sees."""
+def encode(tokenizer, texts: list[str], offsets: bool = True) -> list[Encoded]:
+    """Tokenize whole texts, without truncation: windows decide what the model sees.
+
+    offsets=False leaves Encoded.offsets empty: turning the tokenizer's offsets into Python tuples
+    cost as much as tokenizing itself (bench/gpu_bench.py), and sentiment never reads them."""
     batch = tokenizer(
-        texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False, verbose=False
+        texts, add_special_tokens=False, return_offsets_mapping=offsets, return_attention_mask=False, verbose=False
     )
+    if not offsets:
+        return [Encoded(ids, []) for ids in batch["input_ids"]]
     return [Encoded(ids, [tuple(o) for o in offs]) for ids, offs in zip(batch["input_ids"], batch["offset_mapping"])]
 
 
@@ -153,22 +158,22 @@ class Forward:
             return contextlib.nullcontext()
         return autocast(self.device, self.precision)
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, full: bool | None = None) -> torch.Tensor:
+        """full: whether every row fills the width (no padding), if the caller knows it without asking the device."""
+        if self.fast:
+            return self._forward(input_ids, attention_mask, full=full)
         return self._forward(input_ids, attention_mask)
 
 
 def pack(windows: list[Window], batch: list[int], cls_id: int, sep_id: int, pad_id: int):
-    """input_ids and attention_mask of one batch: [CLS] window [SEP], padded to the longest row."""
-    width = max(len(windows[i].ids) for i in batch) + 2
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, i in enumerate(batch):
-        n = len(windows[i].ids)
-        input_ids[row, 0] = cls_id
-        input_ids[row, 1 : n + 1] = torch.tensor(windows[i].ids, dtype=torch.long)
-        input_ids[row, n + 1] = sep_id
-        mask[row, : n + 2] = 1
-    return input_ids, mask
+    """input_ids and attention_mask of one batch: [CLS] window [SEP], padded to the longest row.
+    One tensor built from Python lists: a tensor per row cost more than the GPU's forward."""
+    lengths = [len(windows[i].ids) + 2 for i in batch]
+    width = max(lengths)
+    input_ids = torch.tensor([[cls_id, *windows[i].ids, sep_id] + [pad_id] * (width - n)
+                              for i, n in zip(batch, lengths)], dtype=torch.long)
+    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    return input_ids, mask.long()
 
 
 def run_model(
@@ -181,10 +186,17 @@ def run_model(
     """
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0
     results: list[torch.Tensor | None] = [None] * len(windows)
+    cuda = forward.device.type == "cuda"
+    done: list[tuple[list[int], torch.Tensor]] = []
     with torch.inference_mode(), forward.context():
         for batch in token_budget_batches(windows, token_budget):
             input_ids, mask = pack(windows, batch, cls_id, sep_id, pad_id)
-            logits = forward(input_ids.to(forward.device), mask.to(forward.device)).float().cpu()
+            full = bool(mask.all())  # read on the CPU: on a GPU it would wait for the work queued so far
+            if cuda:  # queue the batch and go on packing the next while the GPU runs it
+                input_ids, mask = (t.pin_memory().to(forward.device, non_blocking=True) for t in (input_ids, mask))
+            done.append((batch, forward(input_ids, mask, full=full)))
+        for batch, logits in done:  # one wait for the GPU, after everything is queued
+            logits = logits.float().cpu()
             for row, i in enumerate(batch):
                 n = len(windows[i].ids)
                 results[i] = logits[row, 1 : n + 1] if per_token else logits[row]

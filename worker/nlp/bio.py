@@ -42,6 +42,11 @@ def bio_spans(tags: Sequence[str]) -> list[Span]:
     start, kind = -1, ""  # the open entity; start -1 when none is open
 
     for i, tag in enumerate(tags):
+        if tag == "O":  # most words: close what is open, without parsing the tag
+            if start >= 0:
+                spans.append((start, i, kind))
+                start = -1
+            continue
         prefix, k = split_tag(tag)
         if prefix == "I" and start >= 0 and k == kind:
             continue  # the open entity goes on

@@ -72,14 +72,16 @@ class DistilBertForward:
         # The dtype of q, k and v in attention: that of the products unless told (batching.Forward).
         self.attention_dtype = attention_dtype or self.dtype
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, full: bool | None = None) -> torch.Tensor:
         emb = self.base.embeddings
         width = input_ids.shape[1]
         words = emb.word_embeddings(input_ids) if self.marking is None else self.marking.embed(emb.word_embeddings, input_ids)
         h = words + emb.position_embeddings.weight[:width]
         h = emb.LayerNorm(h.float())
         keep = attention_mask.bool()
-        mask = None if bool(keep.all()) else keep[:, None, None, :]  # (batch, 1, 1, keys): True = attend
+        if full is None:
+            full = bool(keep.all())
+        mask = None if full else keep[:, None, None, :]  # (batch, 1, 1, keys): True = attend
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = self._layer(layer, h, mask, cls_only=self.cls_only and i == last)

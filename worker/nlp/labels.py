@@ -197,10 +197,10 @@ class Folded:
     def __getattr__(self, name):  # device, context(), fast...: the wrapped forward's
         return getattr(self.inner, name)
 
-    def __call__(self, input_ids, attention_mask):
+    def __call__(self, input_ids, attention_mask, full=None):
         import torch
 
-        logits = self.inner(input_ids, attention_mask).float()
+        logits = self.inner(input_ids, attention_mask, full=full).float()
         return torch.stack([logits[..., g].logsumexp(dim=-1) for g in self.groups], dim=-1)
 
 

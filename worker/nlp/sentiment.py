@@ -40,7 +40,7 @@ class SentimentModel:
         if not texts:
             return torch.zeros(0, len(self.labels))
         opts = self.options
-        encoded = batching.encode(self.tokenizer, [t[: opts.max_chars] for t in texts])
+        encoded = batching.encode(self.tokenizer, [t[: opts.max_chars] for t in texts], offsets=False)
         windows = batching.make_windows(encoded, opts.max_length, opts.stride)
         logits = batching.run_model(
             self.forward, self.tokenizer, windows, opts.token_budget, per_token=False

@@ -1,0 +1,104 @@
+"""The engine, a whole `reviews run` and a training step on a CUDA device, against fp32 on the CPU.
+
+These run where torch sees a GPU (bench/gpu.sh runs them there) and skip elsewhere, CI included:
+CI has no GPU, so REVIEWS_TEST_STRICT leaves the `cuda` mark's skips as skips (conftest.py).
+"""
+
+import pytest
+import torch
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from conftest import make_settings, settings_env, write_jsonl
+from cli.main import main
+from worker.db import session_factory
+from worker.nlp.ner import load_ner
+from worker.nlp.sentiment import load_sentiment
+from worker.schema import EntityRow, NerResult, Review, SentimentResult
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(),
+                       reason="no CUDA device visible to torch (bench/gpu.sh runs these on a GPU host)"),
+]
+
+TEXTS = [
+    "Orson Welles made Citizen Kane in Hollywood. " * 40,  # several windows
+    "bad",
+    "An average evening at the cinema with Meryl Streep and Tom Hanks in New York.",
+    "",
+    "great great great film, I loved every minute of it " * 3,
+]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_sentiment_on_cuda_matches_fp32_on_cpu(tiny_models, precision):
+    ref = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").predict(TEXTS)
+    s = load_sentiment(str(tiny_models["sentiment"]), device="cuda", precision=precision)
+    assert s.device.type == "cuda" and s.precision == precision
+    assert next(s.model.parameters()).device.type == "cuda"
+    got = s.predict(TEXTS)
+    assert [g.score for g in got] == pytest.approx([r.score for r in ref], abs=0.05)
+    assert [g.label for g in got] == [r.label for r in ref] or all(abs(r.score) < 0.05 for r in ref)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_ner_on_cuda_finds_the_spans_fp32_finds(tiny_models, precision):
+    ref = load_ner(str(tiny_models["ner"]), device="cpu", precision="fp32").predict(TEXTS)
+    got = load_ner(str(tiny_models["ner"]), device="cuda", precision=precision).predict(TEXTS)
+    for ents, text in zip(got, TEXTS):
+        assert all(text[e.start:e.end] == e.text for e in ents)
+    a = {(i, e.label, e.start, e.end) for i, es in enumerate(got) for e in es}
+    b = {(i, e.label, e.start, e.end) for i, es in enumerate(ref) for e in es}
+    assert len(a & b) >= 0.9 * len(b)  # random tiny weights sit near ties; the real models are checked in bench
+
+
+def test_auto_on_cuda_is_half_precision_with_a_gpu_sized_budget(tiny_models):
+    from worker.nlp.device import pick_precision
+
+    s = load_sentiment(str(tiny_models["sentiment"]), device="auto", precision="auto")
+    assert s.device.type == "cuda"
+    assert s.precision == pick_precision("auto", s.device) and s.precision in ("bf16", "fp16")
+    assert s.options.token_budget == 16384
+    with pytest.raises(ValueError, match="int8 runs on CPU only"):
+        load_sentiment(str(tiny_models["sentiment"]), device="cuda", precision="int8")
+
+
+def test_reviews_run_on_cuda_stores_every_review(sqlite_url, tiny_models, tmp_path):
+    settings = make_settings(sqlite_url, tiny_models, model_dir=str(tmp_path / "versions"))
+    rows = [{"id": f"r{i}", "text": TEXTS[i % len(TEXTS)] + f" review {i}"} for i in range(40)]
+    env = settings_env(settings) | {"REVIEWS_DEVICE": "cuda"}
+    result = CliRunner().invoke(main, ["run", str(write_jsonl(tmp_path / "r.jsonl", rows))], env=env,
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "40/40 done, 0 failed" in result.output
+    with session_factory(sqlite_url)() as s:
+        assert s.scalar(select(func.count()).select_from(SentimentResult)) == 40
+        assert s.scalar(select(func.count()).select_from(NerResult)) == 40
+        spans = select(Review.text, EntityRow.start_char, EntityRow.end_char, EntityRow.text).join(
+            EntityRow, EntityRow.review_id == Review.id)
+        for text, start, end, ent in s.execute(spans):
+            assert text[start:end] == ent
+
+
+def test_training_learns_a_toy_task_on_cuda_in_half_precision(tiny_models, tmp_path):
+    """As tests/test_training.py's CPU test, on the GPU at its auto precision (bf16 or fp16)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from worker.training import evaluate as ev
+    from worker.training.data import SentimentExample
+    from worker.training.train import TrainConfig, train_sentiment
+
+    pos = ["great film", "loved the acting", "good story", "great music and good acting", "loved it"]
+    neg = ["awful film", "boring plot", "terrible acting", "bad story and boring music", "hate it"]
+    toy = [SentimentExample(t, 1) for t in pos] + [SentimentExample(t, 0) for t in neg]
+    tok = AutoTokenizer.from_pretrained(tiny_models["sentiment"])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["sentiment"])
+    cfg = TrainConfig(epochs=20, lr=3e-3, max_length=32, batch_tokens=64, warmup_ratio=0.0, log_every=1000,
+                      device="cuda", precision="auto")
+    stats = train_sentiment(model, tok, toy * 8, cfg, progress=lambda m: None)
+    assert stats["device"].startswith("cuda") and stats["precision"] in ("bf16", "fp16")
+    assert stats["final_loss"] < 0.3  # the mean of the last 50 steps
+    model.save_pretrained(tmp_path / "trained")
+    tok.save_pretrained(tmp_path / "trained")
+    assert ev.evaluate_sentiment(str(tmp_path / "trained"), toy)["accuracy"] == 1.0
