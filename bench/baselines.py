@@ -73,7 +73,7 @@ class RuntimeForward:
     def context(self):
         return contextlib.nullcontext()
 
-    def __call__(self, input_ids, attention_mask):
+    def __call__(self, input_ids, attention_mask, full=None):  # full: the engine's hint, unused here
         import torch
 
         return torch.from_numpy(self.run(input_ids.numpy(), attention_mask.numpy())).float()

@@ -340,10 +340,10 @@ def poison_ner(monkeypatch) -> None:
 
     real = NerModel.predict
 
-    def predict(self, texts):
+    def predict(self, texts, encoded=None):
         if any("POISON" in t for t in texts):
             raise RuntimeError("engine failed on this input")
-        return real(self, texts)
+        return real(self, texts, encoded)
 
     monkeypatch.setattr(NerModel, "predict", predict)
 

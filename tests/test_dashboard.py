@@ -66,8 +66,8 @@ def fill(url: str, tiny_models, tmp_path, monkeypatch) -> dict:
 
     real_sentiment = SentimentModel.predict
 
-    def judge(self, texts):
-        out = real_sentiment(self, texts)
+    def judge(self, texts, encoded=None):
+        out = real_sentiment(self, texts, encoded)
         return [Sentiment("negative", s.probability, -abs(s.score)) if re.search(r"awful|boring", t) else s
                 for t, s in zip(texts, out)]
 

@@ -411,3 +411,29 @@ def test_entity_edges_are_trimmed_of_stray_punctuation():
     assert [(e.text, e.start, e.end) for e in ents] == [("Kroko", 5, 10)]
     assert decode_bio(text, [(0, 53, 56)], ["B-LOC"], [0.9]) == []  # "..." alone
 
+
+
+def test_both_tasks_tokenize_once_when_the_models_share_a_tokenizer(tiny_models, monkeypatch, tmp_path):
+    from worker.nlp import batching
+    from worker.nlp.ner import predict_both
+
+    texts = ["Orson Welles made Citizen Kane. " * 60, "bad", "", "An evening with Meryl Streep in New York"]
+    s = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32")
+    n = load_ner(str(tiny_models["ner"]), device="cpu", precision="fp32")
+    alone = (s.predict(texts), n.predict(texts))
+    calls = []
+    encode = batching.encode
+    monkeypatch.setattr(batching, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    assert s.tokenizer_key == n.tokenizer_key
+    assert predict_both(s, n, texts) == alone
+    assert len(calls) == 1
+    # A model with another vocabulary tokenizes for itself.
+    from transformers import AutoTokenizer
+
+    other = AutoTokenizer.from_pretrained(tiny_models["ner"])
+    other.add_tokens(["welles"])
+    other.save_pretrained(tmp_path / "tok")
+    n.tokenizer_key = batching.tokenizer_key(AutoTokenizer.from_pretrained(tmp_path / "tok"))
+    calls.clear()
+    assert predict_both(s, n, texts) == alone
+    assert len(calls) == 2

@@ -36,10 +36,10 @@ def test_resume_after_redis_flush_loses_nothing(migrated_pg, redis_url, tiny_mod
 def test_failing_batch_is_retried_then_isolated(migrated_pg, redis_url, tiny_models, tmp_path, monkeypatch):
     real_predict = SentimentModel.predict
 
-    def predict(self, texts):  # a model that breaks on one particular input
+    def predict(self, texts, encoded=None):  # a model that breaks on one particular input
         if any("POISON" in t for t in texts):
             raise RuntimeError("model failed on this input")
-        return real_predict(self, texts)
+        return real_predict(self, texts, encoded)
 
     monkeypatch.setattr(SentimentModel, "predict", predict)
     settings = make_settings(migrated_pg, tiny_models, retry_delay=0.1, task_max_retries=2)

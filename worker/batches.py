@@ -81,8 +81,9 @@ def analyse(resources, job_id: int | None, review_ids: list[int]) -> int:
     if skipped:
         keep = [k for k, rid in enumerate(ids) if rid not in skipped]
         ids, texts, facts = [ids[k] for k in keep], [texts[k] for k in keep], [facts[k] for k in keep]
-    sentiments = models.sentiment.predict(texts)
-    entities = models.ner.predict(texts)
+    from .nlp.ner import predict_both  # here: importing batches must not import torch
+
+    sentiments, entities = predict_both(models.sentiment, models.ner, texts)
     floor = resources.settings.min_entity_score
     if floor > 0:  # below the floor an entity is noise to every reader of the database: not stored
         entities = [[e for e in ents if e.score >= floor] for ents in entities]

@@ -43,6 +43,16 @@ def encode(tokenizer, texts: list[str], offsets: bool = True) -> list[Encoded]:
     return [Encoded(ids, [tuple(o) for o in offs]) for ids, offs in zip(batch["input_ids"], batch["offset_mapping"])]
 
 
+def tokenizer_key(tokenizer) -> int:
+    """A fingerprint of what a tokenizer does (its whole tokenizer.json), so two models can tell
+    whether one tokenization serves both."""
+    for name in ("backend_tokenizer", "backend"):  # transformers' fast tokenizers; distilbert.Tokenizer
+        to_str = getattr(getattr(tokenizer, name, None), "to_str", None)
+        if to_str is not None:
+            return hash(to_str())
+    return id(tokenizer)  # unknown: shared only with itself
+
+
 def window_spans(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int]]:
     """(start, length) of the windows that cover n_tokens: as few windows of at most `size` tokens
     as will do, consecutive ones sharing at least `overlap` tokens, all of about the same length.
@@ -160,7 +170,7 @@ class Forward:
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, full: bool | None = None) -> torch.Tensor:
         """full: whether every row fills the width (no padding), if the caller knows it without asking the device."""
-        if self.fast:
+        if isinstance(self._forward, fast.DistilBertForward):  # the benchmarks may swap in other forwards
             return self._forward(input_ids, attention_mask, full=full)
         return self._forward(input_ids, attention_mask)
 

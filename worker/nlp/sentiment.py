@@ -20,27 +20,30 @@ class SentimentModel:
         # in the forward, so that every logit column is negative or positive.
         self.labels, self.forward = labels.for_engine(
             "sentiment", model, batching.Forward(model, device, precision, per_token=False))
+        self.tokenizer_key = batching.tokenizer_key(tokenizer)
         self.pos = self._index("positive", fallback=len(self.labels) - 1)
         self.neg = self._index("negative", fallback=0)
 
     def _index(self, name: str, fallback: int) -> int:
         return self.labels.index(name) if name in self.labels else fallback
 
-    def predict(self, texts: list[str]) -> list[Sentiment]:
+    def predict(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> list[Sentiment]:
+        """encoded: the texts (cut at options.max_chars) as this model's tokenizer encodes them, if at hand."""
         if not texts:
             return []
         out = []
-        for p in self.probabilities(texts).tolist():
+        for p in self.probabilities(texts, encoded).tolist():
             best = max(range(len(p)), key=p.__getitem__)
             out.append(Sentiment(label=self.labels[best], probability=p[best], score=p[self.pos] - p[self.neg]))
         return out
 
-    def probabilities(self, texts: list[str]) -> torch.Tensor:
+    def probabilities(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> torch.Tensor:
         """[len(texts), classes] probabilities, columns in self.labels' order; a teacher's soft targets."""
         if not texts:
             return torch.zeros(0, len(self.labels))
         opts = self.options
-        encoded = batching.encode(self.tokenizer, [t[: opts.max_chars] for t in texts], offsets=False)
+        if encoded is None:
+            encoded = batching.encode(self.tokenizer, [t[: opts.max_chars] for t in texts], offsets=False)
         windows = batching.make_windows(encoded, opts.max_length, opts.stride)
         logits = batching.run_model(
             self.forward, self.tokenizer, windows, opts.token_budget, per_token=False
