@@ -200,7 +200,8 @@ class Folded:
     def __call__(self, input_ids, attention_mask, full=None):
         import torch
 
-        logits = self.inner(input_ids, attention_mask, full=full).float()
+        hint = {} if full is None else {"full": full}  # the engine's padding hint, passed on when given
+        logits = self.inner(input_ids, attention_mask, **hint).float()
         return torch.stack([logits[..., g].logsumexp(dim=-1) for g in self.groups], dim=-1)
 
 
