@@ -150,12 +150,10 @@ def engine_runs(dirs: dict[str, str], texts: list[str], warm: list[str], batch_s
     # The CPU share of tokenizing (what a tokenizer thread beside the model could hide at best).
     from worker.nlp import batching
 
-    from bench.flops import matmul_peak, model_flops
+    from bench.flops import engine_flops, matmul_peak
 
     for name, engine in (("sentiment", sentiment), ("ner", ner)):
-        encoded = batching.encode(engine.tokenizer, [t[: engine.options.max_chars] for t in texts])
-        windows = batching.make_windows(encoded, engine.options.max_length, engine.options.stride)
-        out[f"{name}_flops"] = model_flops(engine.model.config, [len(w.ids) + 2 for w in windows])
+        out[f"{name}_flops"] = engine_flops(engine, texts)
     out["peak"] = matmul_peak(sentiment.model.config)
     out["tokenize_s"] = median_time(lambda: [batching.make_windows(batching.encode(sentiment.tokenizer, c),
                                                                    sentiment.options.max_length,

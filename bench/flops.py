@@ -30,6 +30,16 @@ def model_flops(config, window_lengths: list[int]) -> float:
     return total
 
 
+def engine_flops(engine, texts: list[str]) -> float:
+    """model_flops over the windows a loaded engine (worker.nlp) cuts these texts into."""
+    from worker.nlp import batching
+
+    opts = engine.options
+    encoded = batching.encode(engine.tokenizer, [t[: opts.max_chars] for t in texts])
+    windows = batching.make_windows(encoded, opts.max_length, opts.stride)
+    return model_flops(engine.model.config, [len(w.ids) + 2 for w in windows])
+
+
 def _seconds(fn, rounds: int = 10) -> float:
     fn()
     best = float("inf")

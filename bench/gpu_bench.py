@@ -38,12 +38,8 @@ from bench.common import (  # noqa: E402
     now,
     real_reviews,
 )
-from bench.flops import model_flops  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from bench.bench_inference import median_time  # noqa: E402
+from bench.flops import engine_flops  # noqa: E402
 
 
 def product_seconds(fn, device: torch.device, rounds: int = 20) -> float:
@@ -85,17 +81,6 @@ def card_peak(config, device: torch.device, rows: int) -> dict[str, dict[str, fl
     return out
 
 
-def timed(fn, device: torch.device, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        sync(device)
-        started = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def engine_grid(dirs, texts, warm, device, settings: list[tuple[str, int, int]], rounds) -> list[dict]:
     """The engine at each (precision, token budget, reviews per call)."""
     from worker.nlp import batching
@@ -111,8 +96,9 @@ def engine_grid(dirs, texts, warm, device, settings: list[tuple[str, int, int]],
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             out: dict = {"precision": precision, "budget": budget, "per_call": per_call}
-            out["sentiment_s"] = timed(lambda: [s.predict(c) for c in chunks(texts, per_call)], device, rounds)
-            out["ner_s"] = timed(lambda: [n.predict(c) for c in chunks(texts, per_call)], device, rounds)
+            # predict() returns CPU values, so it has waited for the GPU: wall time needs no sync.
+            out["sentiment_s"] = median_time(lambda: [s.predict(c) for c in chunks(texts, per_call)], rounds)
+            out["ner_s"] = median_time(lambda: [n.predict(c) for c in chunks(texts, per_call)], rounds)
 
             def both():
                 out["sentiment"], out["ner"] = [], []
@@ -120,14 +106,12 @@ def engine_grid(dirs, texts, warm, device, settings: list[tuple[str, int, int]],
                     out["sentiment"] += s.predict(c)
                     out["ner"] += n.predict(c)
 
-            out["both_s"] = timed(both, device, rounds)
+            out["both_s"] = median_time(both, rounds)
             out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
-            windows = batching.make_windows(batching.encode(s.tokenizer, [t[: s.options.max_chars] for t in texts]),
-                                            s.options.max_length, s.options.stride)
-            out["flops"] = model_flops(s.model.config, [len(w.ids) + 2 for w in windows])
-            out["tokenize_s"] = timed(lambda: [batching.make_windows(batching.encode(s.tokenizer, c),
-                                                                     s.options.max_length, s.options.stride)
-                                               for c in chunks(texts, per_call)], device, rounds)
+            out["flops"] = engine_flops(s, texts)
+            out["tokenize_s"] = median_time(lambda: [batching.make_windows(batching.encode(s.tokenizer, c),
+                                                                           s.options.max_length, s.options.stride)
+                                                     for c in chunks(texts, per_call)], rounds)
             rows.append(out)
         except torch.OutOfMemoryError as exc:  # the budget does not fit: say so and go on
             rows.append({"precision": precision, "budget": budget, "per_call": per_call, "error": str(exc)[:200]})
