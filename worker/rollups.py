@@ -22,9 +22,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from functools import lru_cache
 from typing import Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import any_of, upsert
@@ -49,6 +50,7 @@ def utc_day(created_at: datetime | None, ingested_at: datetime) -> date:
     return moment.date()
 
 
+@lru_cache(maxsize=16384)  # names repeat across reviews; a write and its deltas both ask (0.2 ms a batch)
 def entity_key(text: str) -> str:
     """What counts as the same entity: case, runs of whitespace and a possessive ('s, ’s) ignored."""
     key = " ".join(text.split()).lower()
@@ -160,12 +162,25 @@ ENTITY_SUMS = ENTITY_DAILY_SUMS
 FOLD_BATCH = 500  # deltas per fold transaction
 
 
+# A journal row's columns: its keys, then its sums ("s": the sentiment rows, "e": the entity rows).
+JOURNAL = {"s": (SENTIMENT_KEYS, SENTIMENT_SUMS), "e": (ENTITY_KEYS, ENTITY_SUMS)}
+# Each target of the fold: (table, journal rows it reads, key columns, sum columns). The totals leave
+# the day (or the product) out of the keys; entity_totals and product_totals keep one sum.
+TARGETS = [
+    (SentimentDaily, "s", SENTIMENT_KEYS, SENTIMENT_SUMS),
+    (EntityDaily, "e", ENTITY_KEYS, ENTITY_SUMS),
+    (EntityTotal, "e", ENTITY_KEYS[1:], ["mentions"]),
+    (ProductTotal, "s", SENTIMENT_KEYS[1:], ["reviews"]),
+    (SentimentDayTotal, "s", ["day", "model_version_id"], SENTIMENT_SUMS),
+]
+
+
 def record(session: Session, sent: dict[tuple, list], ents: dict[tuple, list]) -> None:
     """Append a batch's deltas as one row: a single insert in the writer's transaction, where upserting
     the rollups there took +81% of a batch's write time and had concurrent writers queue on the
     rollup rows of the same days (bench/RESULTS.md, "Rollups off the write path")."""
-    s_rows = [[k[0].isoformat(), *k[1:], *v] for k, v in sorted(sent.items()) if any(v)]
-    e_rows = [[k[0].isoformat(), *k[1:], *v] for k, v in sorted(ents.items()) if any(v)]
+    s_rows = [[k[0].isoformat(), *k[1:], *v] for k, v in sent.items() if any(v)]  # in any order: the fold sorts
+    e_rows = [[k[0].isoformat(), *k[1:], *v] for k, v in ents.items() if any(v)]
     if s_rows or e_rows:
         # Core, with the values as parameters: the ORM's insert().values() cost 0.15 ms more a batch.
         session.execute(RollupDelta.__table__.insert(), dict(created_at=utcnow(), sentiment=json.dumps(s_rows),
@@ -176,34 +191,60 @@ def fold(session: Session, limit: int = FOLD_BATCH) -> int:
     """Apply up to `limit` pending deltas, oldest first, to the rollups and delete them; returns how
     many. The caller commits. A delta is claimed by deleting it (DELETE ... RETURNING; on PostgreSQL
     rows another folder holds are skipped), so concurrent folders never apply one twice."""
-    pending = select(RollupDelta.id).order_by(RollupDelta.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
-        pending = pending.with_for_update(skip_locked=True)
+        return session.execute(FOLD_SQL, {"limit": limit}).scalar_one()
+    pending = select(RollupDelta.id).order_by(RollupDelta.id).limit(limit)
     claimed = session.execute(delete(RollupDelta).where(RollupDelta.id.in_(pending.scalar_subquery()))
                               .returning(RollupDelta.sentiment, RollupDelta.entities)).all()
     if not claimed:
         return 0
-    sent: dict[tuple, list] = defaultdict(lambda: [0] * len(SENTIMENT_SUMS))
-    ents: dict[tuple, list] = defaultdict(lambda: [0] * len(ENTITY_SUMS))
+    merged: dict[str, dict[tuple, list]] = {source: defaultdict(lambda n=len(sums): [0] * n)
+                                            for source, (_, sums) in JOURNAL.items()}
     for sentiment, entities in claimed:
-        for target, rows, n_keys in ((sent, sentiment, len(SENTIMENT_KEYS)), (ents, entities, len(ENTITY_KEYS))):
+        for source, rows in (("s", sentiment), ("e", entities)):
+            n_keys = len(JOURNAL[source][0])
             for row in json.loads(rows):
                 key = (date.fromisoformat(row[0]), *row[1:n_keys])
-                target[key] = [a + b for a, b in zip(target[key], row[n_keys:])]
-    _apply(session, SentimentDaily, SENTIMENT_KEYS, SENTIMENT_SUMS, sent)
-    _apply(session, EntityDaily, ENTITY_KEYS, ENTITY_SUMS, ents)
-    # Over all days: the day left out of the keys, one sum kept (entity mentions, product reviews).
-    for table, keys, deltas, name in ((EntityTotal, ENTITY_KEYS[1:], ents, "mentions"),
-                                      (ProductTotal, SENTIMENT_KEYS[1:], sent, "reviews")):
-        totals: dict[tuple, list] = defaultdict(lambda: [0])
-        for key, sums in deltas.items():
-            totals[key[1:]][0] += sums[0]
-        _apply(session, table, keys, [name], totals)
-    days: dict[tuple, list] = defaultdict(lambda: [0] * len(SENTIMENT_SUMS))  # over all products
-    for (day, _product, version), sums in sent.items():
-        days[(day, version)] = [a + b for a, b in zip(days[(day, version)], sums)]
-    _apply(session, SentimentDayTotal, ["day", "model_version_id"], SENTIMENT_SUMS, days)
+                merged[source][key] = [a + b for a, b in zip(merged[source][key], row[n_keys:])]
+    for table, source, keys, sums in TARGETS:
+        all_keys, all_sums = JOURNAL[source]
+        at_keys, at_sums = [all_keys.index(k) for k in keys], [all_sums.index(v) for v in sums]
+        out: dict[tuple, list] = defaultdict(lambda: [0] * len(sums))
+        for key, values in merged[source].items():
+            row = out[tuple(key[i] for i in at_keys)]
+            for n, j in enumerate(at_sums):
+                row[n] += values[j]
+        _apply(session, table, keys, sums, out)
     return len(claimed)
+
+
+_CASTS = {"day": "date", "product_id": "text", "label": "text", "entity_key": "text",
+          "score_sum": "double precision", "entity_score_sum": "double precision"}  # the rest: integer
+
+
+def _fold_sql() -> str:
+    """PostgreSQL's fold: one statement that claims the deltas, expands their JSON rows, sums them per
+    key and upserts every rollup table (data-modifying CTEs). The same work in Python cost 2.5 ms a
+    batch folded, more than the upserts themselves (bench/RESULTS.md, "The fold in one statement")."""
+    ctes = ["claimed AS (DELETE FROM rollup_deltas WHERE id IN (SELECT id FROM rollup_deltas ORDER BY id "
+            "LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING sentiment, entities)"]
+    for name, column in (("s", "sentiment"), ("e", "entities")):
+        fields = JOURNAL[name][0] + JOURNAL[name][1]
+        values = ", ".join(f"(r->>{i})::{_CASTS.get(f, 'integer')} AS {f}" for i, f in enumerate(fields))
+        ctes.append(f"{name} AS (SELECT {values} FROM claimed, jsonb_array_elements(claimed.{column}::jsonb) AS r)")
+    for k, (model, source, keys, sums) in enumerate(TARGETS):
+        table, key = model.__tablename__, ", ".join(keys)
+        # Grouped, so that no row is upserted twice; sorted, so that concurrent folders lock rollup rows
+        # in the same order and cannot deadlock each other; all-zero sums change nothing and are left out.
+        ctes.append(f"u{k} AS (INSERT INTO {table} ({key}, {', '.join(sums)}) "
+                    f"SELECT {key}, {', '.join(f'sum({v})' for v in sums)} FROM {source} GROUP BY {key} "
+                    f"HAVING {' OR '.join(f'sum({v}) <> 0' for v in sums)} ORDER BY {key} "
+                    f"ON CONFLICT ({key}) DO UPDATE SET "
+                    f"{', '.join(f'{v} = {table}.{v} + EXCLUDED.{v}' for v in sums)})")
+    return "WITH " + ",\n".join(ctes) + "\nSELECT count(*) FROM claimed"
+
+
+FOLD_SQL = text(_fold_sql())
 
 
 def fold_pending(session: Session) -> int:
