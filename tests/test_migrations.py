@@ -23,7 +23,21 @@ def _check_up_and_down(url):
     migrate.downgrade(url, "base")
     assert not TABLES & set(inspect(get_engine(url)).get_table_names())
     migrate.upgrade(url)
-    assert migrate.current(url) == "0007"
+    assert migrate.current(url) == "0008"
+    _check_foreign_keys(inspect(get_engine(url)))
+    migrate.downgrade(url, "0007")  # and back: the rollups' keys return
+    assert {t for t in ROLLUPS if inspect(get_engine(url)).get_foreign_keys(t)} == ROLLUPS
+    migrate.upgrade(url)
+
+
+ROLLUPS = {"sentiment_daily", "entity_daily", "entity_totals", "product_totals", "sentiment_day_totals"}
+
+
+def _check_foreign_keys(insp) -> None:
+    """Results keep their keys to model_versions; the rollups, derived from them, have none (0008)."""
+    assert not [t for t in ROLLUPS if insp.get_foreign_keys(t)]
+    for table in ("sentiment_results", "ner_results", "entities"):
+        assert {k["referred_table"] for k in insp.get_foreign_keys(table)} >= {"model_versions"}
 
 
 def test_sqlite_up_and_down(sqlite_url):

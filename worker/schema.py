@@ -139,6 +139,10 @@ class EntityRow(Base):
 # it was ingested. Every row names its model version(s): a promotion never silently shifts a trend.
 
 
+# A rollup's model version: derived rows carry no foreign key (migration 0008). Versions are never
+# deleted, and the key's checks cost the fold two trigger calls a new rollup row, a third of its time.
+VersionId = BigId
+
 # The rollups' sums, carried in their by-key indexes on PostgreSQL (INCLUDE) so that summing a few keys'
 # days reads index pages only, not one table page per day (bench/RESULTS.md, "Top entities at 10M").
 SENTIMENT_DAILY_SUMS = ["reviews", "positive", "negative", "score_sum"]
@@ -149,7 +153,7 @@ class SentimentDaily(Base):
     __tablename__ = "sentiment_daily"
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     product_id: Mapped[str] = mapped_column(String(255), primary_key=True)  # '' for reviews without one
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(VersionId, primary_key=True)
     reviews: Mapped[int] = mapped_column(Integer)
     positive: Mapped[int] = mapped_column(Integer)
     negative: Mapped[int] = mapped_column(Integer)
@@ -165,7 +169,7 @@ class SentimentDayTotal(Base):
 
     __tablename__ = "sentiment_day_totals"
     day: Mapped[date] = mapped_column(Date, primary_key=True)
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(VersionId, primary_key=True)
     reviews: Mapped[int] = mapped_column(BigInteger)
     positive: Mapped[int] = mapped_column(BigInteger)
     negative: Mapped[int] = mapped_column(BigInteger)
@@ -178,7 +182,7 @@ class ProductTotal(Base):
 
     __tablename__ = "product_totals"
     product_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(VersionId, primary_key=True)
     reviews: Mapped[int] = mapped_column(BigInteger)
     __table_args__ = (Index("ix_product_totals_rank", "model_version_id", "reviews"),)
 
@@ -188,8 +192,8 @@ class EntityDaily(Base):
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     label: Mapped[str] = mapped_column(String(10), primary_key=True)
     entity_key: Mapped[str] = mapped_column(Text, primary_key=True)
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)  # NER
-    sentiment_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(VersionId, primary_key=True)  # NER
+    sentiment_version_id: Mapped[int] = mapped_column(VersionId, primary_key=True)
     mentions: Mapped[int] = mapped_column(Integer)
     reviews: Mapped[int] = mapped_column(Integer)  # reviews that mention it
     positive: Mapped[int] = mapped_column(Integer)  # of those reviews, by the sentiment of the same analysis
@@ -209,8 +213,8 @@ class EntityTotal(Base):
     __tablename__ = "entity_totals"
     label: Mapped[str] = mapped_column(String(10), primary_key=True)
     entity_key: Mapped[str] = mapped_column(Text, primary_key=True)
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)  # NER
-    sentiment_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(VersionId, primary_key=True)  # NER
+    sentiment_version_id: Mapped[int] = mapped_column(VersionId, primary_key=True)
     mentions: Mapped[int] = mapped_column(BigInteger)
     __table_args__ = (Index("ix_entity_totals_rank", "model_version_id", "sentiment_version_id", "label", "mentions"),)
 
