@@ -6,6 +6,7 @@ saves a plot.
 
     python bench/scale_out.py                       # 1, 2, 4, 8, 16, 32 workers, 6,400 reviews each
     python bench/scale_out.py --workers 1 4 16 --reviews 3200 --us-per-token 20
+    python bench/scale_out.py --workers 1 2 4 --us-per-token 0 --compare-rollups   # the rollups' share
 
 With a stub that costs nothing, the ceiling is the host: on a 2-core machine the workers, PostgreSQL
 and Redis share the two cores, so what saturates first is the CPU, and the breakdown says who spends it.
@@ -34,8 +35,11 @@ WORDS = "the film about John Smith in Paris was great and the acting by Mary Jon
 # -- the worker side: the real app with a stub analyser ----------------------------------------------
 
 
-def run_worker(concurrency: int, us_per_token: float, entities: int, timings: str) -> None:
-    """A `reviews worker` whose models are stubs; per-process timings are appended to `timings`."""
+def run_worker(concurrency: int, us_per_token: float, entities: int, timings: str, rollups: bool = True) -> None:
+    """A `reviews worker` whose models are stubs; per-process timings are appended to `timings`.
+    rollups=False: results without rollup deltas (batches.store's baseline switch)."""
+    import functools
+
     from worker import batches, jobs, resources, results
     from worker.app import create_app
     from worker.config import Settings
@@ -43,7 +47,8 @@ def run_worker(concurrency: int, us_per_token: float, entities: int, timings: st
 
     class Stub:
         def __init__(self, task: str):
-            self.task = task
+            # Keys that differ: batches.analyse's predict_both then calls each model's predict on the texts.
+            self.task = self.tokenizer_key = task
 
         def predict(self, texts: list[str]):
             time.sleep(us_per_token * 1e-6 * sum(len(t.split()) for t in texts))
@@ -78,6 +83,8 @@ def run_worker(concurrency: int, us_per_token: float, entities: int, timings: st
                 f.write(json.dumps({"pid": os.getpid(), **spent}) + "\n")
 
     batches.analyse = analyse
+    if not rollups:
+        batches.store = functools.partial(batches.store, with_rollups=False)
     results.write = timed("write", results.write)
     jobs.mark_reviews = timed("bookkeeping", jobs.mark_reviews)
     jobs.finish_if_complete = timed("bookkeeping", jobs.finish_if_complete)
@@ -98,7 +105,7 @@ def admin(sql: str) -> None:
     engine.dispose()
 
 
-def measure(n_workers: int, args, env: dict, tmp: Path) -> dict:
+def measure(n_workers: int, args, env: dict, tmp: Path, rollups: bool = True) -> dict:
     import redis
     from sqlalchemy import create_engine, text
 
@@ -111,9 +118,10 @@ def measure(n_workers: int, args, env: dict, tmp: Path) -> dict:
         for i in range(args.reviews):
             words = [WORDS[(i + k) % len(WORDS)] for k in range(args.tokens)]
             f.write(json.dumps({"id": f"s{i}", "text": " ".join(words), "product_id": f"p{i % 50}"}) + "\n")
-    timings = tmp / f"timings-{n_workers}.jsonl"
+    timings = Path(tempfile.mkstemp(suffix=".jsonl", prefix=f"timings-{n_workers}-", dir=tmp)[1])  # one per run
     worker = subprocess.Popen([sys.executable, __file__, "--run-worker", str(n_workers), "--us-per-token",
-                               str(args.us_per_token), "--entities", str(args.entities), "--timings", str(timings)],
+                               str(args.us_per_token), "--entities", str(args.entities), "--timings", str(timings)]
+                              + ([] if rollups else ["--no-rollups"]),
                               env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "worker.log").open("a"))
     try:
         time.sleep(3 + n_workers * 0.2)  # children started
@@ -134,13 +142,15 @@ def measure(n_workers: int, args, env: dict, tmp: Path) -> dict:
     finally:
         worker.terminate()
         worker.wait(60)
+    if status != "done":
+        raise SystemExit(f"the job ended {status}, not done: the stub or the worker is broken ({tmp / 'worker.log'})")
     last: dict[int, dict] = {}
     for line in timings.read_text().splitlines():
         row = json.loads(line)
         last[row["pid"]] = row
     total = {k: sum(r[k] for r in last.values()) for k in ("analyse", "write", "bookkeeping", "batches")}
     return {"workers": n_workers, "reviews_per_s": args.reviews / seconds, "seconds": seconds,
-            "enqueue_s": enqueued, "status": status, **total}
+            "enqueue_s": enqueued, "status": status, "rollups": rollups, **total}
 
 
 def main() -> None:
@@ -152,11 +162,14 @@ def main() -> None:
     ap.add_argument("--us-per-token", type=float, default=50.0, help="stub analysis cost, slept")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--plot", type=Path, default=ROOT / "bench" / "scale_out.png")
+    ap.add_argument("--compare-rollups", action="store_true",
+                    help="each worker count also without rollups, alternating, to measure their cost")
+    ap.add_argument("--no-rollups", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--run-worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--timings", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.run_worker:
-        run_worker(args.run_worker, args.us_per_token, args.entities, args.timings)
+        run_worker(args.run_worker, args.us_per_token, args.entities, args.timings, not args.no_rollups)
         return
 
     from common import machine  # noqa: E402  (bench/common.py)
@@ -169,14 +182,16 @@ def main() -> None:
     print(f"{args.reviews} reviews of {args.tokens} words, {args.entities} entities each, batches of "
           f"{args.batch_size}, stub cost {args.us_per_token:g} us/token (slept)")
     rows = []
-    print(f"{'workers':>7} {'reviews/s':>10} {'seconds':>8} {'analyse s':>10} {'write s':>8} {'jobs s':>7} "
-          f"{'write share':>11}")
+    print(f"{'workers':>7} {'rollups':>7} {'reviews/s':>10} {'seconds':>8} {'analyse s':>10} {'write s':>8} "
+          f"{'jobs s':>7} {'write share':>11}")
     for n in args.workers:
-        r = measure(n, args, env, tmp)
-        rows.append(r)
-        share = r["write"] / max(r["analyse"], 1e-9)
-        print(f"{n:>7} {r['reviews_per_s']:>10.0f} {r['seconds']:>8.1f} {r['analyse']:>10.1f} {r['write']:>8.1f} "
-              f"{r['bookkeeping']:>7.1f} {share:>11.0%}", flush=True)
+        for rollups in (True, False) if args.compare_rollups else (True,):
+            r = measure(n, args, env, tmp, rollups)
+            rows.append(r)
+            share = r["write"] / max(r["analyse"], 1e-9)
+            print(f"{n:>7} {'on' if rollups else 'off':>7} {r['reviews_per_s']:>10.0f} {r['seconds']:>8.1f} "
+                  f"{r['analyse']:>10.1f} {r['write']:>8.1f} {r['bookkeeping']:>7.1f} {share:>11.0%}", flush=True)
+    rows = [r for r in rows if r["rollups"]]  # the plot: as shipped
     admin(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
     try:
         import matplotlib
