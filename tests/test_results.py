@@ -144,11 +144,7 @@ def test_rollups_equal_sql_over_the_results_after_any_writes(sessions, writes):
     from test_rollups import _check
     from worker import rollups
 
-    with sessions() as s:  # each example starts from empty results and rollups
-        for table in ("rollup_deltas", "entity_totals", "entity_daily", "product_totals", "sentiment_day_totals",
-                      "sentiment_daily", "entities", "ner_results", "sentiment_results", "reviews", "model_versions"):
-            s.execute(text(f"DELETE FROM {table}"))
-        s.commit()
+    _empty(sessions)  # each example starts from empty results and rollups
     facts, sv, nv = _setup(sessions, 4)
     with sessions() as s:
         other = [ModelVersion(task=t, version=100 + next(_SERIAL), source="x", status="candidate")
@@ -165,6 +161,41 @@ def test_rollups_equal_sql_over_the_results_after_any_writes(sessions, writes):
             s.commit()
             rollups.fold_pending(s)
         _check(str(sessions.kw["bind"].url.render_as_string(hide_password=False)))
+
+
+def _empty(sessions) -> None:
+    with sessions() as s:
+        for table in ("rollup_deltas", "entity_totals", "entity_daily", "product_totals", "sentiment_day_totals",
+                      "sentiment_daily", "entities", "ner_results", "sentiment_results", "reviews", "model_versions"):
+            s.execute(text(f"DELETE FROM {table}"))
+        s.commit()
+
+
+ANY_TEXT = TEXT | st.sampled_from(AWKWARD)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(products=st.lists(ANY_TEXT, min_size=1, max_size=3), texts=st.lists(ANY_TEXT, min_size=1, max_size=6))
+def test_the_fold_keeps_any_product_and_entity_text_apart(sessions, products, texts):
+    """The journal carries product ids and entity keys as JSON, and PostgreSQL's fold reads them back
+    in SQL (jsonb): whatever a review's product id or an entity's text, the rollups equal SQL over
+    the results."""
+    from test_rollups import _check
+    from worker import rollups
+
+    _empty(sessions)
+    facts, sv, nv = _setup(sessions, len(products))
+    with sessions() as s:
+        for f, product in zip(facts, products):
+            s.execute(text("UPDATE reviews SET product_id = :p WHERE id = :i"), {"p": product, "i": f.id})
+        s.commit()
+    facts = [ReviewFacts(f.id, f.day, product) for f, product in zip(facts, products)]
+    entities = [[Entity(("PER", "ORG")[k % 2], t, k, k + 1, 0.5 + k / 100) for k, t in enumerate(texts[i::len(facts)])]
+                for i in range(len(facts))]
+    _write(sessions, facts, sv, nv, entities)
+    with sessions() as s:
+        assert rollups.fold_pending(s) == 1
+    _check(str(sessions.kw["bind"].url.render_as_string(hide_password=False)))
 
 
 @pytest.mark.postgres
