@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from worker.config import BUNDLED_NER, BUNDLED_SENTIMENT
-from worker.nlp import batching, cpu, int8, loading, precision
+from worker.nlp import batching, cpu, int8, loading, precision, precision_cache
 from worker.nlp.ner import load_ner
 from worker.nlp.sentiment import load_sentiment
 
@@ -71,7 +71,8 @@ def test_auto_picks_a_measured_candidate_and_caches_it(home, tiny_models, measur
     (key, entry), = cache_entries(home).items()
     assert entry["precision"] == s.precision
     assert [t["precision"] for t in entry["trials"]] == precision.candidates("sentiment")
-    assert all(t["seconds"] > 0 for t in entry["trials"])
+    # timed, or (int8 on a CPU without a fast int8 product) dropped before any batch by the probe
+    assert all(t["seconds"] > 0 or t["note"].endswith("before any batch") for t in entry["trials"])
     assert "precision for sentiment: " + s.precision + ", measured in" in caplog.text  # the times are logged
     for t in entry["trials"]:
         assert f"{t['precision']} " in caplog.text
@@ -144,13 +145,13 @@ def test_the_cache_key_holds_the_cpu_the_torch_version_the_task_and_the_shape(ho
     model, *_ = loading.load(str(tiny_models["sentiment"]), "sentiment", "cpu", "fp32")
     key = precision.cache_key(model, "sentiment")
     c = model.config
-    for part in (precision.cpu_model_name(), torch.__version__, "task=sentiment", f"hidden={c.dim}",
+    for part in (precision_cache.cpu_model_name(), torch.__version__, "task=sentiment", f"hidden={c.dim}",
                  f"layers={c.n_layers}", f"heads={c.n_heads}", f"intermediate={c.hidden_dim}"):
         assert part in key
     assert precision.cache_key(model, "ner") != key
     load_sentiment(str(tiny_models["sentiment"]))
     assert measured == ["sentiment"]
-    monkeypatch.setattr(precision, "cpu_model_name", lambda: "Another CPU")  # the same cache on another machine
+    monkeypatch.setattr(precision_cache, "cpu_model_name", lambda: "Another CPU")  # the same cache on another machine
     load_sentiment(str(tiny_models["sentiment"]))
     assert measured == ["sentiment"] * 2
     monkeypatch.setattr(torch, "__version__", "99.0.0")  # a torch upgrade
@@ -163,6 +164,7 @@ def test_the_cache_key_holds_the_cpu_the_torch_version_the_task_and_the_shape(ho
 def test_a_candidate_that_fails_the_agreement_check_is_never_picked(home, tiny_models, monkeypatch, task):
     # Make every candidate but fp32 instant and wrong: each would win on speed alone.
     monkeypatch.setattr(precision.int8, "available", lambda: True)
+    monkeypatch.setattr(precision.int8, "product_ratio", lambda *a: 1.0)  # timed, whatever the host's kernels
     wrong = [p for p in precision.candidates(task) if p != "fp32"]
     assert "int8" in wrong
     force_garbage(monkeypatch, *wrong)
@@ -191,6 +193,7 @@ class SlowForward(batching.Forward):
 def test_a_candidate_far_slower_than_fp32_is_dropped_after_its_first_batch(home, tiny_models, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="worker.nlp.precision")
     monkeypatch.setattr(precision.int8, "available", lambda: True)
+    monkeypatch.setattr(precision.int8, "product_ratio", lambda *a: 1.0)  # the probe passes on any host
     monkeypatch.setattr(SlowForward, "calls", {})
     monkeypatch.setattr(precision.batching, "Forward", SlowForward)
     three = precision.synthetic_batches  # the tiny model's 64 positions fit one length; time three
@@ -206,6 +209,33 @@ def test_a_candidate_far_slower_than_fp32_is_dropped_after_its_first_batch(home,
             assert not t["passed"] and t["note"].startswith("dropped after batch 1:")
             assert SlowForward.calls[t["precision"]] == 2 and t["agreement"] == 1.0
     assert "dropped after batch 1" in caplog.text
+
+
+def test_int8_is_dropped_before_any_batch_when_its_product_is_far_slower(home, tiny_models, monkeypatch, caplog):
+    """Where torch._int_mm has no fast kernel (CPUs without VNNI), one product at the model's shapes
+    shows it: int8 never gets a forward built or a batch timed."""
+    caplog.set_level(logging.INFO, logger="worker.nlp.precision")
+    monkeypatch.setattr(precision.int8, "available", lambda: True)
+    shapes = []
+    monkeypatch.setattr(precision.int8, "product_ratio", lambda *a: shapes.append(a) or 40.0)
+    monkeypatch.setattr(SlowForward, "calls", {})
+    monkeypatch.setattr(precision.batching, "Forward", SlowForward)
+    s = load_sentiment(str(tiny_models["sentiment"]))
+    assert s.precision != "int8"
+    config = s.model.config
+    assert shapes == [(config.dim, config.hidden_dim, precision.PROBE_ROWS)]
+    assert "int8" not in SlowForward.calls
+    (entry,) = cache_entries(home).values()
+    (trial,) = [t for t in entry["trials"] if t["precision"] == "int8"]
+    assert not trial["passed"] and trial["seconds"] == 0
+    assert trial["note"] == "its product ran 40x fp32's at the model's shapes, before any batch"
+    assert "before any batch" in caplog.text
+
+
+@pytest.mark.skipif(not int8.available(), reason="no int8 kernels here (torch._int_mm or a C++ compiler missing)")
+def test_the_int8_product_probe_times_the_real_kernels():
+    ratio = int8.product_ratio(64, 256, 32)
+    assert 0 < ratio < float("inf")
 
 
 def test_ner_never_gets_int8_when_its_tag_agreement_fails(home, tiny_models, monkeypatch):

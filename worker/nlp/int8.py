@@ -14,6 +14,7 @@ image), `available()` is False and "auto" precision does not pick int8.
 from __future__ import annotations
 
 import logging
+import time
 from functools import lru_cache
 
 import torch
@@ -139,3 +140,26 @@ def quantize_linears(model: nn.Module, keep: tuple[str, ...] = ("classifier",),
                 setattr(parent, name, Int8Linear(child, centered=full.endswith(centered)))
                 replaced += 1
     return replaced
+
+
+def product_ratio(hidden: int, intermediate: int, rows: int) -> float:
+    """int8's time over fp32's for one feed-forward product (rows x hidden -> intermediate), the middle
+    of three after a warm-up. Without VNNI, torch._int_mm has no fast kernel (30-70x fp32): a timed
+    batch found that out in 38 s of a first start on an AVX2-only host, where this takes about a
+    second (bench/RESULTS.md, "Other runtimes on the AVX2-only host")."""
+    linear = nn.Linear(hidden, intermediate)
+    quantized = Int8Linear(linear)
+    x = torch.randn(rows, hidden, generator=torch.Generator().manual_seed(0))
+    x_engine = x.to(DTYPES[cpu_float_precision()])  # the activations' dtype under int8
+
+    def middle_of_three(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return sorted(times)[1]
+
+    with torch.inference_mode():
+        return middle_of_three(lambda: quantized(x_engine)) / max(middle_of_three(lambda: linear(x)), 1e-9)

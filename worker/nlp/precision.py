@@ -17,36 +17,32 @@ quarter of the CPUs busy say little: then the flags' choice is used for this run
 
 A candidate that runs over 3x fp32's time is dropped at once: on an AVX2-only EPYC (no VNNI),
 torch._int_mm ran 30x slower than fp32, and timing it to the end took 11.5 s of the worker's start.
+Before any batch, int8 is also dropped when one feed-forward product at the model's shapes shows it
+(int8.product_ratio): its first batch of DistilBERT-base had taken 38 s there.
 
-The choice is cached in REVIEWS_HOME/cache/precision.json, keyed by the CPU model name, torch
-version, torch threads, task and the model's shape, so later starts of the same model shape on the
-same kind of machine pay nothing. A missing, corrupt or unreadable cache is ignored (and rewritten
-where it can be); a lock file makes processes that start together measure one at a time.
+The choice is cached (precision_cache.py), keyed by the CPU model name, torch version, torch
+threads, task and the model's shape, so later starts of the same model shape on the same kind of
+machine pay nothing.
 
 On CUDA there is nothing to measure: bf16 where the GPU supports it, else fp16 (device.pick_precision).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
 from . import batching, int8
-from .cpu import cpu_float_precision, cpu_has_fast_bf16, cpu_model_name, others_busy
+from .cpu import cpu_float_precision, cpu_has_fast_bf16, others_busy
+from .precision_cache import cache_key, cache_path, locked, model_shape, read_cache, write_cache
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
 LENGTHS = (128, 512)  # window lengths timed: a typical review, and the longest window
 # Padded tokens in each timed batch: half the CPU token budget (2048); per token, 1024-token batches
 # ran within noise of 2048-token ones (bench/RESULTS.md), at half the cost of measuring.
@@ -58,6 +54,7 @@ NEAR_TIE = {"sentiment": 0.1, "ner": 0.05}
 MIN_AGREEMENT = {"sentiment": 1.0, "ner": 0.99}
 PREFER_WITHIN = 0.05  # another candidate must beat the default by this much to be picked (timing noise)
 DROP_SLOWER_THAN_FP32 = 3.0  # slower than this on the batches so far: dropped (int8 on CPUs without VNNI)
+PROBE_ROWS = 128  # tokens in the int8 product probe (int8.product_ratio)
 MAX_OTHERS_BUSY = 0.25  # share of the machine other processes may use while timing, for the result to be cached
 
 
@@ -80,86 +77,6 @@ def candidates(task: str | None) -> list[str]:
     return out
 
 
-# -- the cache --------------------------------------------------------------------------------------
-
-
-def cache_path() -> Path:
-    from ..config import home_dir
-
-    return home_dir() / "cache" / "precision.json"
-
-
-def model_shape(model) -> dict:
-    """What the speed of a forward depends on, from the config (DistilBERT's names, else BERT's)."""
-    c = model.config
-    names = {"hidden": ("dim", "hidden_size"), "layers": ("n_layers", "num_hidden_layers"),
-             "heads": ("n_heads", "num_attention_heads"), "intermediate": ("hidden_dim", "intermediate_size")}
-    return {"type": getattr(c, "model_type", type(model).__name__)} | {
-        k: next((getattr(c, n) for n in ns if getattr(c, n, None) is not None), None) for k, ns in names.items()}
-
-
-def cache_key(model, task: str) -> str:
-    s = model_shape(model)
-    return (f"cpu={cpu_model_name()} | torch={torch.__version__} | threads={torch.get_num_threads()} | "
-            f"task={task} | {s['type']} hidden={s['hidden']} layers={s['layers']} heads={s['heads']} "
-            f"intermediate={s['intermediate']}")
-
-
-def read_cache(path: Path) -> dict:
-    """The cache's entries by key; {} for a missing, unreadable or malformed file (never an error)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        log.warning("precision cache %s unreadable (%s: %s); measuring again", path, type(exc).__name__, exc)
-        return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
-        log.warning("precision cache %s has an unknown layout; measuring again", path)
-        return {}
-    return {k: v for k, v in data["entries"].items() if isinstance(v, dict) and isinstance(v.get("precision"), str)}
-
-
-def write_cache(path: Path, key: str, entry: dict) -> None:
-    """Add one entry, keeping the others; written to a temporary file and renamed, so a reader never
-    sees half a file. A failure to write is logged, not raised: the choice still holds for this run."""
-    try:
-        entries = read_cache(path)
-        entries[key] = entry
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".precision-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"version": CACHE_VERSION, "entries": entries}, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
-        log.warning("cannot write the precision cache %s (%s); the next start measures again", path, exc)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock beside the cache for the read-measure-write, where the OS has one; without
-    it (no fcntl, unwritable directory) processes simply may measure twice."""
-    lock = None
-    try:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(path.with_suffix(".lock"), "a")
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    except (ImportError, OSError):
-        pass
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.close()  # closing releases the lock
-
-
 def _usable(precision: str) -> bool:
     """A cached pick that this process can still run (a CPU flag masked by a new VM, no compiler)."""
     checks = {"fp32": lambda: True, "bf16": cpu_has_fast_bf16, "int8": int8.available}
@@ -176,7 +93,7 @@ def choose(model, tokenizer, device: torch.device, task: str) -> str:
 
         return pick_precision("auto", device, task)
     path, key = cache_path(), cache_key(model, task)
-    with _locked(path):
+    with locked(path):
         cached = read_cache(path).get(key)
         if cached is not None and _usable(cached["precision"]):
             log.info("precision for %s: %s (measured %s, cached in %s)", task, cached["precision"],
@@ -284,8 +201,14 @@ def measure(model, tokenizer, device: torch.device, task: str, precisions: list[
     batches = synthetic_batches(tokenizer, model.config.vocab_size, model.config.max_position_embeddings, budget)
     if "fp32" not in precisions:
         precisions = ["fp32", *precisions]
+    dropped: dict[str, str] = {}
+    if "int8" in precisions and device.type == "cpu":
+        shape = model_shape(model)
+        ratio = int8.product_ratio(shape["hidden"] or 768, shape["intermediate"] or 3072, PROBE_ROWS)
+        if ratio > DROP_SLOWER_THAN_FP32:
+            dropped["int8"] = f"its product ran {ratio:.0f}x fp32's at the model's shapes, before any batch"
     forwards = {p: batching.Forward(model if p == "fp32" else copy.deepcopy(model), device, p, per_token)
-                for p in precisions}
+                for p in precisions if p not in dropped}
     seconds = dict.fromkeys(precisions, 0.0)
     outputs: dict[str, list[torch.Tensor]] = {p: [] for p in precisions}
     with torch.inference_mode():
@@ -293,8 +216,7 @@ def measure(model, tokenizer, device: torch.device, task: str, precisions: list[
         for p, fwd in forwards.items():
             with fwd.context():
                 fwd(warm_ids.to(device), warm_mask.to(device))
-        active = list(precisions)
-        dropped: dict[str, str] = {}
+        active = [p for p in precisions if p not in dropped]
         for k, (ids, mask) in enumerate(batches):
             order = active[k % len(active):] + active[:k % len(active)]
             for p in order:
@@ -314,7 +236,10 @@ def measure(model, tokenizer, device: torch.device, task: str, precisions: list[
     trials = []
     for p in precisions:
         n = len(outputs[p])
-        value = 1.0 if p == "fp32" else agreement(task, outputs[p], outputs["fp32"][:n], masks[:n], outside)
+        if n == 0:  # dropped before any batch
+            value = 0.0
+        else:
+            value = 1.0 if p == "fp32" else agreement(task, outputs[p], outputs["fp32"][:n], masks[:n], outside)
         trials.append(Trial(p, seconds[p], value, value >= MIN_AGREEMENT[task] and p not in dropped,
                             dropped.get(p, "")))
     return trials

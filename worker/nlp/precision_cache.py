@@ -1,0 +1,98 @@
+"""The cache of `auto`'s choices (precision.py): REVIEWS_HOME/cache/precision.json, keyed by the CPU
+model name, torch version, torch threads, task and the model's shape. A missing, corrupt or
+unreadable cache is ignored (and rewritten where it can be); a lock file makes processes that start
+together measure one at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .cpu import cpu_model_name
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def cache_path() -> Path:
+    from ..config import home_dir
+
+    return home_dir() / "cache" / "precision.json"
+
+
+def model_shape(model) -> dict:
+    """What the speed of a forward depends on, from the config (DistilBERT's names, else BERT's)."""
+    c = model.config
+    names = {"hidden": ("dim", "hidden_size"), "layers": ("n_layers", "num_hidden_layers"),
+             "heads": ("n_heads", "num_attention_heads"), "intermediate": ("hidden_dim", "intermediate_size")}
+    return {"type": getattr(c, "model_type", type(model).__name__)} | {
+        k: next((getattr(c, n) for n in ns if getattr(c, n, None) is not None), None) for k, ns in names.items()}
+
+
+def cache_key(model, task: str) -> str:
+    s = model_shape(model)
+    return (f"cpu={cpu_model_name()} | torch={torch.__version__} | threads={torch.get_num_threads()} | "
+            f"task={task} | {s['type']} hidden={s['hidden']} layers={s['layers']} heads={s['heads']} "
+            f"intermediate={s['intermediate']}")
+
+
+def read_cache(path: Path) -> dict:
+    """The cache's entries by key; {} for a missing, unreadable or malformed file (never an error)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        log.warning("precision cache %s unreadable (%s: %s); measuring again", path, type(exc).__name__, exc)
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
+        log.warning("precision cache %s has an unknown layout; measuring again", path)
+        return {}
+    return {k: v for k, v in data["entries"].items() if isinstance(v, dict) and isinstance(v.get("precision"), str)}
+
+
+def write_cache(path: Path, key: str, entry: dict) -> None:
+    """Add one entry, keeping the others; written to a temporary file and renamed, so a reader never
+    sees half a file. A failure to write is logged, not raised: the choice still holds for this run."""
+    try:
+        entries = read_cache(path)
+        entries[key] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".precision-", suffix=".json", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"version": CACHE_VERSION, "entries": entries}, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        log.warning("cannot write the precision cache %s (%s); the next start measures again", path, exc)
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock beside the cache for the read-measure-write, where the OS has one; without
+    it (no fcntl, unwritable directory) processes simply may measure twice."""
+    lock = None
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    except (ImportError, OSError):
+        pass
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # closing releases the lock
