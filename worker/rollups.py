@@ -162,16 +162,16 @@ ENTITY_SUMS = ENTITY_DAILY_SUMS
 FOLD_BATCH = 500  # deltas per fold transaction
 
 
-# A journal row's columns: its keys, then its sums ("s": the sentiment rows, "e": the entity rows).
-JOURNAL = {"s": (SENTIMENT_KEYS, SENTIMENT_SUMS), "e": (ENTITY_KEYS, ENTITY_SUMS)}
+# The journal's JSON rows by the rollup_deltas column that holds them: their keys, then their sums.
+JOURNAL = {"sentiment": (SENTIMENT_KEYS, SENTIMENT_SUMS), "entities": (ENTITY_KEYS, ENTITY_SUMS)}
 # Each target of the fold: (table, journal rows it reads, key columns, sum columns). The totals leave
 # the day (or the product) out of the keys; entity_totals and product_totals keep one sum.
 TARGETS = [
-    (SentimentDaily, "s", SENTIMENT_KEYS, SENTIMENT_SUMS),
-    (EntityDaily, "e", ENTITY_KEYS, ENTITY_SUMS),
-    (EntityTotal, "e", ENTITY_KEYS[1:], ["mentions"]),
-    (ProductTotal, "s", SENTIMENT_KEYS[1:], ["reviews"]),
-    (SentimentDayTotal, "s", ["day", "model_version_id"], SENTIMENT_SUMS),
+    (SentimentDaily, "sentiment", SENTIMENT_KEYS, SENTIMENT_SUMS),
+    (EntityDaily, "entities", ENTITY_KEYS, ENTITY_SUMS),
+    (EntityTotal, "entities", ENTITY_KEYS[1:], ["mentions"]),
+    (ProductTotal, "sentiment", SENTIMENT_KEYS[1:], ["reviews"]),
+    (SentimentDayTotal, "sentiment", ["day", "model_version_id"], SENTIMENT_SUMS),
 ]
 
 
@@ -200,10 +200,10 @@ def fold(session: Session, limit: int = FOLD_BATCH) -> int:
         return 0
     merged: dict[str, dict[tuple, list]] = {source: defaultdict(lambda n=len(sums): [0] * n)
                                             for source, (_, sums) in JOURNAL.items()}
-    for sentiment, entities in claimed:
-        for source, rows in (("s", sentiment), ("e", entities)):
-            n_keys = len(JOURNAL[source][0])
-            for row in json.loads(rows):
+    for delta in claimed:
+        for source, (keys, _) in JOURNAL.items():
+            n_keys = len(keys)
+            for row in json.loads(getattr(delta, source)):
                 key = (date.fromisoformat(row[0]), *row[1:n_keys])
                 merged[source][key] = [a + b for a, b in zip(merged[source][key], row[n_keys:])]
     for table, source, keys, sums in TARGETS:
@@ -228,16 +228,16 @@ def _fold_sql() -> str:
     batch folded, more than the upserts themselves (bench/RESULTS.md, "The fold in one statement")."""
     ctes = ["claimed AS (DELETE FROM rollup_deltas WHERE id IN (SELECT id FROM rollup_deltas ORDER BY id "
             "LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING sentiment, entities)"]
-    for name, column in (("s", "sentiment"), ("e", "entities")):
-        fields = JOURNAL[name][0] + JOURNAL[name][1]
-        values = ", ".join(f"(r->>{i})::{_CASTS.get(f, 'integer')} AS {f}" for i, f in enumerate(fields))
-        ctes.append(f"{name} AS (SELECT {values} FROM claimed, jsonb_array_elements(claimed.{column}::jsonb) AS r)")
+    for column, (keys, sums) in JOURNAL.items():
+        values = ", ".join(f"(r->>{i})::{_CASTS.get(f, 'integer')} AS {f}" for i, f in enumerate(keys + sums))
+        ctes.append(f"{column}_rows AS (SELECT {values} FROM claimed, "
+                    f"jsonb_array_elements(claimed.{column}::jsonb) AS r)")
     for k, (model, source, keys, sums) in enumerate(TARGETS):
         table, key = model.__tablename__, ", ".join(keys)
         # Grouped, so that no row is upserted twice; sorted, so that concurrent folders lock rollup rows
         # in the same order and cannot deadlock each other; all-zero sums change nothing and are left out.
         ctes.append(f"u{k} AS (INSERT INTO {table} ({key}, {', '.join(sums)}) "
-                    f"SELECT {key}, {', '.join(f'sum({v})' for v in sums)} FROM {source} GROUP BY {key} "
+                    f"SELECT {key}, {', '.join(f'sum({v})' for v in sums)} FROM {source}_rows GROUP BY {key} "
                     f"HAVING {' OR '.join(f'sum({v}) <> 0' for v in sums)} ORDER BY {key} "
                     f"ON CONFLICT ({key}) DO UPDATE SET "
                     f"{', '.join(f'{v} = {table}.{v} + EXCLUDED.{v}' for v in sums)})")
