@@ -26,7 +26,9 @@ def upgrade() -> None:
         keys = sa.inspect(bind).get_foreign_keys(table)
         with op.batch_alter_table(table, naming_convention=NAMING) as batch:
             for key in keys:
-                name = key["name"] or f"fk_{table}_{key['constrained_columns'][0]}_{key['referred_table']}"
+                column = key["constrained_columns"][0]
+                name = key["name"] or NAMING["fk"] % {"table_name": table, "column_0_name": column,
+                                                      "referred_table_name": key["referred_table"]}
                 batch.drop_constraint(name, type_="foreignkey")
 
 
