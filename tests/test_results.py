@@ -200,29 +200,35 @@ def test_the_fold_keeps_any_product_and_entity_text_apart(sessions, products, te
 
 @pytest.mark.postgres
 def test_the_rollups_cost_one_statement_per_write_on_postgresql(migrated_pg):
-    """What the rollups take out is read by the results' own upserts and DELETE (one round trip each,
-    as without rollups); the rollups add only the journal row's INSERT. No statement has more than 50
-    parameters, the most whose parsing psycopg caches (db.any_of)."""
+    """A batch of new reviews is written with one statement per results table (and the entities'
+    COPY), and the rollups add only the journal row's INSERT: nothing is read back. A redelivered
+    batch reads what it replaces: two reads more than without rollups, and the journal row. No
+    statement has more than 50 parameters, the most whose parsing psycopg caches (db.any_of)."""
     from sqlalchemy import event
 
     sessions = session_factory(migrated_pg)
-    facts, sv, nv = _setup(sessions, 64)  # a batch as the workers write it
+    facts, sv, nv = _setup(sessions, 128)  # two batches as the workers write them
     entities = [[Entity("PER", "John", 0, 4, 0.9)] if k % 2 else [] for k in range(64)]
-    counts = []
-    for with_rollups in (True, False, True):  # the third: a redelivery, which reads back the first's rows
+    counts = {}
+    # Each batch written twice, the second time as a redelivery, with and without rollups.
+    for name, batch, with_rollups in (("new, on", facts[:64], True), ("new, off", facts[64:], False),
+                                      ("again, on", facts[:64], True), ("again, off", facts[64:], False)):
         statements: list[str] = []
         engine = sessions.kw["bind"]
         listener = lambda conn, cursor, statement, params, *rest: statements.append((statement, params))  # noqa: E731
         event.listen(engine, "before_cursor_execute", listener)
         try:
             with sessions() as s:
-                results.write(s, facts, [Sentiment("positive", 0.9, 0.8)] * 64, entities, sv, nv,
+                results.write(s, batch, [Sentiment("positive", 0.9, 0.8)] * 64, entities, sv, nv,
                               with_rollups=with_rollups)
                 s.commit()
         finally:
             event.remove(engine, "before_cursor_execute", listener)
-        counts.append(len(statements))
+        counts[name] = [statement.split()[0] for statement, _ in statements]
         assert all(len(params) <= 50 for _, params in statements), [s for s, p in statements if len(p) > 50]
-    assert counts[0] == counts[1] + 1 == counts[2]
+    assert counts["new, on"] == ["INSERT"] * 3
+    assert counts["new, off"] == ["INSERT"] * 2
+    assert len(counts["again, on"]) == len(counts["again, off"]) + 3
+    assert counts["again, on"].count("SELECT") == 2 and "SELECT" not in counts["again, off"]
     with sessions() as s:
         assert s.execute(text("SELECT COUNT(*) FROM rollup_deltas")).scalar() == 2

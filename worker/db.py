@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typing import Callable, Sequence
 
-from sqlalchemy import Engine, Row, Select, any_, bindparam, create_engine, event, func, inspect, select
+from sqlalchemy import Engine, any_, bindparam, create_engine, event, func, inspect, select
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
@@ -107,35 +107,55 @@ def any_of(session: Session, column, values: Sequence):
     return column.in_(list(values))
 
 
+def _rows_as_arrays(table, rows: list[dict]):
+    """PostgreSQL: SELECT unnest(:col1), unnest(:col2), ... over the rows, one array parameter per column:
+    a single statement to plan and run, where executemany sent one statement per row."""
+    columns = list(rows[0])
+    arrays = [func.unnest(bindparam(None, [r[c] for r in rows], type_=postgresql.ARRAY(table.c[c].type)))
+              for c in columns]
+    return columns, select(*arrays)
+
+
+def _last_per_key(rows: list[dict], index_elements: list[str]) -> list[dict]:
+    """Rows with the same key: the last one wins, as if executed one by one."""
+    return list({tuple(r[k] for k in index_elements): r for r in rows}.values())
+
+
 def upsert(session: Session, model, rows: list[dict], index_elements: list[str],
-           update: Callable[[object], dict], read_first: Select | None = None) -> list[Row]:
+           update: Callable[[object], dict]) -> None:
     """INSERT `rows` ON CONFLICT (index_elements) DO UPDATE SET update(stmt) (`stmt.excluded` is the
     row that was refused). Rows with the same key: the last one wins, as if executed one by one.
-    Returns the rows `read_first` selects as they were before the upsert (none without it).
-
-    PostgreSQL gets one statement whose rows come from one array per column (unnest): a single
-    statement to plan and run, where executemany sent one statement per row; `read_first` is that
-    statement's SELECT, with the upsert as a data-modifying CTE (they share one snapshot, so the SELECT
-    sees the rows as they were), which saves a round trip a batch. SQLite runs in-process, where
-    executemany and a second statement cost little."""
+    PostgreSQL gets one statement whose rows come from arrays (_rows_as_arrays); SQLite runs
+    in-process, where executemany costs little."""
     if not rows:
-        return session.execute(read_first).all() if read_first is not None else []
-    rows = list({tuple(r[k] for k in index_elements): r for r in rows}.values())
+        return
+    rows = _last_per_key(rows, index_elements)
+    table = getattr(model, "__table__", model)
     if session.get_bind().dialect.name == "postgresql":
-        table = getattr(model, "__table__", model)
-        columns = list(rows[0])
-        arrays = [func.unnest(bindparam(None, [r[c] for r in rows], type_=postgresql.ARRAY(table.c[c].type)))
-                  for c in columns]
-        stmt = postgresql.insert(table).from_select(columns, select(*arrays))
-        stmt = stmt.on_conflict_do_update(index_elements=index_elements, set_=update(stmt))
-        if read_first is None:
-            session.execute(stmt)
-            return []
-        return session.execute(read_first.add_cte(stmt.cte("upserted"))).all()
-    before = session.execute(read_first).all() if read_first is not None else []
-    stmt = sqlite.insert(model)
+        columns, source = _rows_as_arrays(table, rows)
+        stmt = postgresql.insert(table).from_select(columns, source)
+        session.execute(stmt.on_conflict_do_update(index_elements=index_elements, set_=update(stmt)))
+        return
+    stmt = sqlite.insert(table)
     session.execute(stmt.on_conflict_do_update(index_elements=index_elements, set_=update(stmt)), rows)
-    return before
+
+
+def insert_new(session: Session, model, rows: list[dict], index_elements: list[str]) -> set[tuple]:
+    """INSERT the `rows` whose key (index_elements) is not in the table yet, leaving the others as they
+    are (ON CONFLICT DO NOTHING); returns the keys inserted. A writer that mostly writes new rows
+    learns from this which rows it replaces, without reading first (results.write)."""
+    if not rows:
+        return set()
+    rows = _last_per_key(rows, index_elements)
+    table = getattr(model, "__table__", model)
+    keys = [table.c[k] for k in index_elements]
+    if session.get_bind().dialect.name == "postgresql":
+        columns, source = _rows_as_arrays(table, rows)
+        stmt = postgresql.insert(table).from_select(columns, source)
+        return {tuple(r) for r in session.execute(stmt.on_conflict_do_nothing(index_elements=index_elements)
+                                                  .returning(*keys))}
+    stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=index_elements).returning(*keys)
+    return {tuple(r) for r in session.execute(stmt, rows)}
 
 
 def update_by_id(session: Session, model, column: str, values: dict[int, object]) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from . import rollups
-from .db import any_of, upsert
+from .db import any_of, insert_new, upsert
 from .nlp.types import Entity, Sentiment
 from .rollups import ReviewFacts
 from .schema import EntityRow, JobReview, ModelVersion, NerResult, Review, SentimentResult, utcnow
@@ -21,50 +21,66 @@ COLUMNS = ["id", "product_id", "rating", "language", "sentiment", "probability",
            "entities", "ner_model_version", "text"]
 
 
+KEYS = ["review_id", "model_version_id"]
+
+
 def write(session: Session, reviews: Sequence[ReviewFacts], sentiments: Sequence[Sentiment],
           entities: Sequence[list[Entity]], sentiment_version_id: int, ner_version_id: int,
           with_rollups: bool = True) -> None:
-    """One statement per table for the whole batch (db.upsert; entities by COPY on PostgreSQL).
-    Every write is an upsert keyed on (review, model version): a redelivered batch changes nothing.
-    The batch's rollup deltas are recorded with the results, in the same transaction (rollups.py);
-    what they take out (the results being replaced) is read by the writing statements themselves.
+    """Every write is keyed on (review, model version): a redelivered batch changes nothing.
+
+    Most batches hold reviews that have no result under these versions yet, so the results are first
+    inserted where new (db.insert_new: one statement per table, ON CONFLICT DO NOTHING). Only the rows
+    it refused are results being replaced: those are read (what the rollups take out), updated, and
+    their entities deleted before the new ones go in. Reading a whole batch's old results in every
+    write cost 1.3 ms of a 25 ms batch (bench/RESULTS.md, "Insert first").
+
+    The batch's rollup deltas are recorded with the results, in the same transaction (rollups.py).
     with_rollups=False writes the results alone (the baseline of bench/write_path.py)."""
     now = utcnow()
     ids = [r.id for r in reviews]
-    keys = ["review_id", "model_version_id"]
-    # What the rollups take out, read as the writes replace it (db.upsert's read_first, DELETE ... RETURNING).
-    # Every sentiment version: an old entity counts with the sentiment result it was paired with.
-    old_sentiment_query = old_pairs_query = None
-    if with_rollups:
-        old_sentiment_query = select(SentimentResult.review_id, SentimentResult.model_version_id,
-                                     SentimentResult.label, SentimentResult.score
-                                     ).where(any_of(session, SentimentResult.review_id, ids))
-        old_pairs_query = select(NerResult.review_id, NerResult.sentiment_version_id).where(
-            any_of(session, NerResult.review_id, ids), NerResult.model_version_id == ner_version_id)
-    old_sentiment = upsert(
-        session, SentimentResult,
-        [dict(review_id=i, model_version_id=sentiment_version_id, label=s.label, probability=s.probability,
-              score=s.score, created_at=now) for i, s in zip(ids, sentiments)], keys,
-        lambda stmt: dict(label=stmt.excluded.label, probability=stmt.excluded.probability,
-                          score=stmt.excluded.score, created_at=stmt.excluded.created_at),
-        read_first=old_sentiment_query)
-    old_pairs = upsert(
-        session, NerResult,
-        [dict(review_id=i, model_version_id=ner_version_id, entity_count=len(es),
-              sentiment_version_id=sentiment_version_id, created_at=now) for i, es in zip(ids, entities)], keys,
-        lambda stmt: dict(entity_count=stmt.excluded.entity_count,
-                          sentiment_version_id=stmt.excluded.sentiment_version_id,
-                          created_at=stmt.excluded.created_at),
-        read_first=old_pairs_query)
-    # A redelivered batch replaces the entities it wrote before: delete, then insert.
-    stale = delete(EntityRow).where(any_of(session, EntityRow.review_id, ids),
-                                  EntityRow.model_version_id == ner_version_id)
-    old_entities = []
-    if with_rollups:
-        old_entities = session.execute(stale.returning(EntityRow.review_id, EntityRow.label, EntityRow.entity_key,
-                                                       EntityRow.score)).all()
-    else:
-        session.execute(stale)
+    sentiment_rows = {i: dict(review_id=i, model_version_id=sentiment_version_id, label=s.label,
+                              probability=s.probability, score=s.score, created_at=now)
+                      for i, s in zip(ids, sentiments)}
+    ner_rows = {i: dict(review_id=i, model_version_id=ner_version_id, entity_count=len(es),
+                        sentiment_version_id=sentiment_version_id, created_at=now) for i, es in zip(ids, entities)}
+    new_sentiment = insert_new(session, SentimentResult, list(sentiment_rows.values()), KEYS)
+    new_ner = insert_new(session, NerResult, list(ner_rows.values()), KEYS)
+    redo_sentiment = [i for i in sentiment_rows if (i, sentiment_version_id) not in new_sentiment]
+    redo_ner = [i for i in ner_rows if (i, ner_version_id) not in new_ner]
+
+    old_sentiment, old_pairs, old_entities = [], [], []
+    if with_rollups and (redo_sentiment or redo_ner):
+        # What the rollups take out, read before it is replaced. Every sentiment version: an old entity
+        # counts with the sentiment result it was paired with. The rows this write has just inserted
+        # were not there before.
+        just_inserted = set(ids) - set(redo_sentiment)
+        old_sentiment = [tuple(row) for row in session.execute(
+            select(SentimentResult.review_id, SentimentResult.model_version_id, SentimentResult.label,
+                   SentimentResult.score).where(any_of(session, SentimentResult.review_id,
+                                                       sorted(set(redo_sentiment) | set(redo_ner)))))
+            if not (row.model_version_id == sentiment_version_id and row.review_id in just_inserted)]
+        if redo_ner:
+            old_pairs = [tuple(row) for row in session.execute(
+                select(NerResult.review_id, NerResult.sentiment_version_id).where(
+                    any_of(session, NerResult.review_id, redo_ner), NerResult.model_version_id == ner_version_id))]
+    upsert(session, SentimentResult, [sentiment_rows[i] for i in redo_sentiment], KEYS,
+           lambda stmt: dict(label=stmt.excluded.label, probability=stmt.excluded.probability,
+                             score=stmt.excluded.score, created_at=stmt.excluded.created_at))
+    upsert(session, NerResult, [ner_rows[i] for i in redo_ner], KEYS,
+           lambda stmt: dict(entity_count=stmt.excluded.entity_count,
+                             sentiment_version_id=stmt.excluded.sentiment_version_id,
+                             created_at=stmt.excluded.created_at))
+    # The entities a replaced NER result wrote go before the new ones: delete, then insert. A new NER
+    # result has none: entities are written only here, with their NER result.
+    if redo_ner:
+        stale = delete(EntityRow).where(any_of(session, EntityRow.review_id, redo_ner),
+                                        EntityRow.model_version_id == ner_version_id)
+        if with_rollups:
+            old_entities = session.execute(stale.returning(EntityRow.review_id, EntityRow.label,
+                                                           EntityRow.entity_key, EntityRow.score)).all()
+        else:
+            session.execute(stale)
     entity_rows = [
         dict(review_id=i, model_version_id=ner_version_id, label=e.label, text=e.text,
              entity_key=rollups.entity_key(e.text), start_char=e.start, end_char=e.end, score=e.score)
