@@ -137,7 +137,7 @@ def test_clear_errors_instead_of_tracebacks(cli, tmp_path):
 
 
 def test_db_upgrade_and_downgrade(cli):
-    assert "at revision 0008" in cli("db", "upgrade").output
+    assert "at revision 0009" in cli("db", "upgrade").output
     assert "at revision base" in cli("db", "downgrade", "base").output
 
 
