@@ -68,6 +68,26 @@ def test_the_bounded_top_entities_equal_the_full_sum(sessions, monkeypatch, batc
     assert fast == full
 
 
+@pytest.mark.postgres
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(DELTAS, min_size=1, max_size=4), start=st.integers(0, 9), length=st.integers(1, 10),
+       label=st.sampled_from([None, "PER", "ORG", "MISC"]), n=st.integers(1, 6),
+       min_confidence=st.sampled_from([0.0, 0.6, 0.9]))
+def test_postgresql_takes_the_top_of_each_label_as_the_window_ranks_it(migrated_pg, batches, start, length, label, n,
+                                                                      min_confidence):
+    """PostgreSQL's LATERAL ... LIMIT per label gives the rows, order and ranks of the window that SQLite uses."""
+    sessions = session_factory(migrated_pg)
+    nv, sv = _fill(sessions, batches)
+    rng = DayRange(FIRST + timedelta(days=start), FIRST + timedelta(days=start + length - 1))
+    with sessions() as s:
+        summed = queries.entity_sums(nv, sv, rng, label, min_confidence)
+        windowed = queries._top_by_window(s, summed, n)
+        assert queries.top_entities_scan(s, nv, sv, rng, label, n, min_confidence) == windowed
+    for one in {r["label"] for r in windowed}:
+        assert [r["rank"] for r in windowed if r["label"] == one] == list(range(1, min(n, len(
+            [r for r in windowed if r["label"] == one])) + 1))
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=st.lists(DELTAS, min_size=1, max_size=4), start=st.integers(0, 9), length=st.integers(1, 10),
        limit=st.integers(1, 6), offset=st.integers(0, 4), max_candidates=st.sampled_from([2, 5, 2000]))
