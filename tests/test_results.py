@@ -232,3 +232,42 @@ def test_the_rollups_cost_one_statement_per_write_on_postgresql(migrated_pg):
     assert counts["again, on"].count("SELECT") == 2 and "SELECT" not in counts["again, off"]
     with sessions() as s:
         assert s.execute(text("SELECT COUNT(*) FROM rollup_deltas")).scalar() == 2
+
+
+@pytest.mark.postgres
+def test_a_redelivery_racing_the_first_write_counts_once(migrated_pg):
+    """A batch redelivered while the first worker still holds its transaction: the second write's
+    inserts wait for the first to commit, find its rows and replace them, and the rollups count each
+    review once, with the second write's results, as SQL over the results does."""
+    import threading
+
+    from test_rollups import _check
+    from worker import rollups
+
+    sessions = session_factory(migrated_pg)
+    _empty(sessions)
+    facts, sv, nv = _setup(sessions, 8)
+    first = sessions()
+    results.write(first, facts, [Sentiment("positive", 0.9, 0.8)] * 8, [[Entity("PER", "John", 0, 4, 0.9)]] * 8,
+                  sv, nv)  # not committed yet
+    finished = threading.Event()
+
+    def redelivery() -> None:
+        with sessions() as s:
+            results.write(s, facts, [Sentiment("negative", 0.8, -0.6)] * 8,
+                          [[Entity("ORG", "Acme", 0, 4, 0.8), Entity("LOC", "Paris", 5, 10, 0.7)]] * 8, sv, nv)
+            s.commit()
+        finished.set()
+
+    thread = threading.Thread(target=redelivery)
+    thread.start()
+    assert not finished.wait(1.0)  # its inserts wait on the first write's uncommitted rows
+    first.commit()
+    first.close()
+    thread.join(30)
+    assert finished.is_set()
+    with sessions() as s:
+        rollups.fold_pending(s)
+        assert s.execute(text("SELECT DISTINCT label FROM sentiment_results")).scalars().all() == ["negative"]
+        assert sorted(s.execute(text("SELECT DISTINCT label FROM entities")).scalars()) == ["LOC", "ORG"]
+    _check(str(sessions.kw["bind"].url.render_as_string(hide_password=False)))
