@@ -125,7 +125,7 @@ def test_any_entity_text_round_trips(sessions, texts):
     assert [row[2] for row in _stored(sessions, nv)] == texts
 
 
-# --- the rollup deltas a write records: read by the writing statements themselves ------------------
+# --- the rollup deltas a write records: new results inserted first, replaced ones read back -------------
 
 # A write: which of 4 reviews, under which (sentiment, NER) version pair, with what labels and entities.
 WRITE = st.tuples(

@@ -214,9 +214,9 @@ def _top_by_window(session: Session, summed, per_label: int) -> list[dict]:
 
 
 def _top_per_label(session: Session, summed, per_label: int) -> list[dict]:
-    """_top_by_window on PostgreSQL: each label's `per_label` entities taken with LIMIT (a heap of per_label rows), where a window ranked every entity of the
-    range with one full sort: 13.1 against 8.1 ms for 7 days at 1M reviews (bench/RESULTS.md, "Top
-    entities of a short range"). SQLite has no LATERAL and keeps the window."""
+    """_top_by_window on PostgreSQL: each label's `per_label` entities taken with LIMIT (a heap of
+    per_label rows), where the window sorted every entity of the range: 13.1 against 8.1 ms for 7 days
+    at 1M reviews (bench/RESULTS.md, "Top entities of a short range"). SQLite has no LATERAL."""
     labels = select(summed.c.label).distinct().subquery("labels")
     top = (select(summed).where(summed.c.label == labels.c.label)
            .order_by(summed.c.mentions.desc(), summed.c.entity_key).limit(per_label).lateral("top"))
