@@ -169,14 +169,9 @@ def top_entities(session: Session, ner_id: int, sentiment_id: int, rng: DayRange
 def _range_sums(session: Session, ner_id: int, sentiment_id: int, rng: DayRange, label: str, keys: list[str],
                 min_confidence: float) -> list[dict]:
     """The range's sums of these entities of one label, ranked by mentions (then key), as top_entities gives them."""
-    mentions = func.sum(EntityDaily.mentions)
-    q = (select(EntityDaily.label, EntityDaily.entity_key, *_sums(EntityDaily, ENTITY_SUMS))
-         .where(EntityDaily.model_version_id == ner_id, EntityDaily.sentiment_version_id == sentiment_id,
-                EntityDaily.label == label, any_of(session, EntityDaily.entity_key, keys), _in_range(EntityDaily, rng))
-         .group_by(EntityDaily.label, EntityDaily.entity_key).having(mentions > 0)
-         .order_by(mentions.desc(), EntityDaily.entity_key))
-    if min_confidence > 0:
-        q = q.having(func.sum(EntityDaily.entity_score_sum) >= min_confidence * mentions)
+    q = (entity_sums(ner_id, sentiment_id, rng, label, min_confidence)
+         .where(any_of(session, EntityDaily.entity_key, keys))
+         .order_by(func.sum(EntityDaily.mentions).desc(), EntityDaily.entity_key))
     return [with_ratios(dict(r._mapping) | {"rank": k}) for k, r in enumerate(session.execute(q), 1)]
 
 
