@@ -144,7 +144,7 @@ def test_model_card_states_recipe_long_text_handling_metrics_and_licence(tmp_pat
     from argparse import Namespace
     from dataclasses import asdict
 
-    from worker.training.build import rebuild_command, write_card
+    from worker.training.cards import rebuild_command, write_card
 
     args = Namespace(epochs=1.0, lr=5e-5, max_length=256, batch_tokens=4096, max_batch_rows=64, head_tokens=64,
                      imdb_train=8000)

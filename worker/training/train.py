@@ -18,6 +18,7 @@ import random
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -28,6 +29,7 @@ from ..nlp.bio import bio_spans
 from ..nlp.casing import CaseMarking, model_inputs
 from ..nlp.device import autocast, pick_device, pick_precision
 from ..nlp.types import NER_TAGS
+from . import checkpoint as saved
 from .data import NerSentence, SentimentExample, sentence_text
 from .losses import MeanWordTargets, WordTargets, distillation_loss, hidden_cosine_loss, soft_target_loss
 
@@ -186,10 +188,12 @@ def collate(examples: list[Encoded], batch: list[int], pad_id: int, per_token: b
 
 def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_token: bool, teacher=None,
         progress: Callable[[str], None] = print, hidden_teacher=None, cosine_weight: float = 1.0,
-        marking: CaseMarking | None = None) -> dict:
+        marking: CaseMarking | None = None, checkpoint: Path | None = None, checkpoint_every_s: float = 600) -> dict:
     """Train `model` in place; return statistics (steps, seconds, examples/s, final loss).
     marking: the case marking of `model` (and of `teacher`, a copy of it), whose "added" style
-    the ids of `examples` carry (casing.py)."""
+    the ids of `examples` carry (casing.py).
+    checkpoint: a file to save the run to every `checkpoint_every_s` seconds and to resume from
+    when it exists (checkpoint.py); deleted when the run ends."""
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -203,8 +207,8 @@ def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_to
     for t in (teacher, hidden_teacher):
         if t is not None:
             t.to(device).eval()
-    epoch_batches = make_batches(examples, config, rng)
-    total_steps = max(1, math.ceil(len(epoch_batches) * config.epochs))
+    at = saved.Progress(make_batches(examples, config, rng))
+    total_steps = max(1, math.ceil(len(at.batches) * config.epochs))
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
@@ -216,13 +220,17 @@ def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_to
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
         else max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
-    started = time.monotonic()
-    seen = tokens = step = 0
     recent: deque[float] = deque(maxlen=50)  # the loss reported is the mean of the last 50 steps
-    while step < total_steps:
-        for batch in epoch_batches:
-            if step >= total_steps:
-                break
+    resumed = saved.resume(checkpoint, model, optimizer, scheduler, rng)
+    if resumed:
+        at, losses = resumed
+        recent.extend(losses)
+        progress(f"resumed from {checkpoint} at step {at.step}/{total_steps}")
+    last_save = time.monotonic()
+    started = last_save - at.seconds
+    while at.step < total_steps:
+        while at.pos < len(at.batches) and at.step < total_steps:
+            batch = at.batches[at.pos]
             ids, mask, labels = (t.to(device) for t in collate(examples, batch, pad_id, per_token))
             soft = collate_soft(examples, batch, ids.shape[1], per_token)
             with autocast(device, precision):
@@ -249,20 +257,28 @@ def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_to
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
-            seen += len(batch)
-            tokens += int(mask.sum())
+            at.pos += 1
+            at.step += 1
+            at.seen += len(batch)
+            at.tokens += int(mask.sum())
             recent.append(loss.item())
             running = sum(recent) / len(recent)
-            if step % config.log_every == 0 or step == total_steps:
-                elapsed = time.monotonic() - started
-                eta = elapsed / step * (total_steps - step)
-                progress(f"step {step}/{total_steps} loss {running:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
-                         f"{seen / elapsed:.1f} examples/s {tokens / elapsed:.0f} tokens/s "
+            now = time.monotonic()
+            if checkpoint is not None and now - last_save >= checkpoint_every_s and at.step < total_steps:
+                at.seconds, last_save = now - started, now
+                saved.save(checkpoint, model, optimizer, scheduler, rng, at, list(recent))
+            if at.step % config.log_every == 0 or at.step == total_steps:
+                elapsed = now - started
+                eta = elapsed / at.step * (total_steps - at.step)
+                progress(f"step {at.step}/{total_steps} loss {running:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+                         f"{at.seen / elapsed:.1f} examples/s {at.tokens / elapsed:.0f} tokens/s "
                          f"elapsed {elapsed / 60:.1f} min eta {eta / 60:.1f} min")
-        epoch_batches = make_batches(examples, config, rng)
+        if at.pos >= len(at.batches):
+            at.batches, at.pos = make_batches(examples, config, rng), 0
     model.eval()
+    saved.remove(checkpoint)
     elapsed = time.monotonic() - started
+    step, seen = at.step, at.seen
     return {"steps": step, "examples": seen, "seconds": round(elapsed, 1), "examples_per_s": round(seen / elapsed, 1),
             "final_loss": round(sum(recent) / max(1, len(recent)), 4), "precision": precision, "device": str(device),
             "config": asdict(config)}
