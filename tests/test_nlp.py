@@ -240,6 +240,25 @@ def test_other_architectures_run_through_transformers_forward(tmp_path, tiny_mod
     assert [x.score for x in a] == pytest.approx([x.score for x in b], abs=2e-2)
 
 
+def test_an_architecture_without_fused_attention_loads_with_its_own(tmp_path, tiny_models):
+    # MPNet (all-mpnet-base-v2, the sentiment teacher) has no SDPA attention in transformers: asking
+    # for it raised, so such a model could be neither a teacher nor imported.
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    directory = tmp_path / "mpnet"
+    config = MPNetConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=66, num_labels=2,
+                         id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    MPNetForSequenceClassification(config).save_pretrained(directory)
+    for f in tiny_models["sentiment"].iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special")):
+            (directory / f.name).write_bytes(f.read_bytes())
+    s = load_sentiment(str(directory), precision="fp32", max_length=64, stride=16)
+    texts = ["the film was great " * 20, "bad"]
+    probs = s.probabilities(texts)
+    assert probs.shape == (2, 2) and torch.allclose(probs.sum(1), torch.ones(2))
+
+
 def test_owners_give_every_token_exactly_one_window():
     from worker.nlp.batching import owners
 

@@ -54,9 +54,13 @@ def load(source: str, task: str, device: str = "auto", precision: str = "auto", 
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, use_fast=True)
         # Loaded in float32 (half-precision files are upcast); batching.Forward then decides which
         # weights run in which precision.
-        model = getattr(transformers, HEADS[task]).from_pretrained(
-            name, use_safetensors=True, dtype=torch.float32, attn_implementation="sdpa"
-        )
+        head = getattr(transformers, HEADS[task])
+        try:
+            model = head.from_pretrained(name, use_safetensors=True, dtype=torch.float32, attn_implementation="sdpa")
+        except ValueError as exc:  # an architecture without torch's fused attention (MPNet): its own then
+            if "scaled_dot_product_attention" not in str(exc):
+                raise
+            model = head.from_pretrained(name, use_safetensors=True, dtype=torch.float32)
     except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError... depending on the fault
         raise _load_error(task, source, exc) from exc
     if not tokenizer.is_fast:
