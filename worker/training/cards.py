@@ -70,8 +70,9 @@ def write_card(out: Path, task: str, stats: dict) -> None:
         lines += [f"- SST-2 train: {stats['data']['sst2_train']:,} sentences (GLUE)"
                   + (f", each seen {repeat} times per pass over IMDb (short sentences cost little)." if repeat > 1
                      else "."),
-                  f"- IMDb train: the first {stats['data']['imdb_train']:,} reviews of `imdb/train.jsonl.gz`;"
-                  f" the last {data.IMDB_HELDOUT:,} are held out for evaluation and never trained on.",
+                  f"- IMDb train: {stats['data']['imdb_train']:,} reviews of `imdb/train.jsonl.gz`, from its start;"
+                  f" the last {data.IMDB_HELDOUT:,} are held out for evaluation and never trained on, nor are"
+                  " copies of their texts earlier in the file.",
                   f"- Long reviews: head+tail truncation (Sun et al. 2019) to {cfg['max_length']} tokens:"
                   f" the first {cfg['head_tokens']} and the last {cfg['max_length'] - 2 - cfg['head_tokens']}."
                   " At inference the service reads the whole review in overlapping 512-token windows and"
@@ -99,6 +100,11 @@ def write_card(out: Path, task: str, stats: dict) -> None:
                      f" student/T) with a {cfg['alpha']}, T {cfg['temperature']}"
                      + (f"; plus {d['unlabeled']:,} texts of {d['unlabeled_source']} that only the teachers label."
                         if d.get("unlabeled") else "."))
+    for t in stats["data"].get("teacher_targets", []):
+        lines.append(f"- Distilled from a teacher's probabilities over these training texts (`--teacher-targets"
+                     f" {t['file']}`): {t['teacher']}; the teacher's recipe: {t['recipe']}; the teacher on the held-out"
+                     f" data: SST-2 dev {t['sst2_dev']:.4f}, IMDb held-out {t['imdb_heldout']:.4f}. Loss per example"
+                     f" a·CE(label) + (1−a)·T²·KL(teacher/T ‖ student/T) with a {cfg['alpha']}, T {cfg['temperature']}.")
     lines += [
         "",
         "## Recipe",
