@@ -61,9 +61,18 @@ def test_teacher_step_writes_a_teacher_its_metrics_and_targets_for_the_training_
     # A second run finds the teacher and the cached pass over the texts: nothing is trained or run again.
     said.clear()
     teacher.run(_args(tiny_models, data_dir, out), say=said.append)
-    assert any("holds a fine-tuned teacher already" in m for m in said)
+    assert any("holds this fine-tuned teacher already" in m for m in said)
     assert any("20 of 20 reviews' targets cached" in m for m in said)
     assert not any(m.startswith("step ") for m in said)
+
+
+def test_a_teacher_of_another_recipe_in_out_is_refused_not_reused(tiny_models, data_dir, tmp_path):
+    out = tmp_path / "teacher"
+    teacher.run(_args(tiny_models, data_dir, out, epochs=1.0), say=lambda m: None)
+    with pytest.raises(ValueError, match="another recipe"):
+        teacher.run(_args(tiny_models, data_dir, out, epochs=2.0), say=lambda m: None)
+    with pytest.raises(ValueError, match="another recipe"):
+        teacher.run(_args(tiny_models, data_dir, out, epochs=1.0, base=str(tiny_models["ner"])), say=lambda m: None)
 
 
 def test_targets_file_refuses_texts_it_does_not_cover_and_other_tasks(tmp_path):

@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -59,8 +60,14 @@ def run(args, say=print) -> dict:
                          batch_tokens=args.batch_tokens, max_batch_rows=args.max_batch_rows, seed=args.seed,
                          log_every=100)
     if (out / "teacher.json").is_file():
-        say(f"{out} holds a fine-tuned teacher already: computing its targets only")
         stats = json.loads((out / "teacher.json").read_text())
+        # Only the same base, recipe and data may skip the fine-tuning: anything else would pass an old
+        # teacher off as the one asked for.
+        if stats.get("base") != args.base or stats.get("config") != asdict(config) \
+                or stats.get("data_dir") != str(Path(args.data_dir).resolve()):
+            raise ValueError(f"{out} holds a teacher fine-tuned from another base, with another recipe or on other"
+                             " data: give another --out, or delete it to fine-tune again")
+        say(f"{out} holds this fine-tuned teacher already: computing its targets only")
     else:
         torch.manual_seed(config.seed)  # the new head's initial weights
         model, tokenizer = load_base(args.base)
@@ -71,7 +78,7 @@ def run(args, say=print) -> dict:
                     progress=say, **(every if args.checkpoint_minutes else {}))
         save_half(model, tokenizer, out)
         _, heldout = data.imdb_split(args.data_dir / "imdb" / "train.jsonl.gz")
-        stats["base"] = args.base
+        stats["base"], stats["data_dir"] = args.base, str(Path(args.data_dir).resolve())
         stats["metrics"] = {
             "sst2_dev": evaluate.evaluate_sentiment(str(out), data.read_glue_tsv(args.data_dir / "sst2" / "dev.tsv")),
             "imdb_heldout": evaluate.evaluate_sentiment(str(out), heldout)}
