@@ -175,11 +175,12 @@ def fine_tune(task: str, active_source: str, train: list[Label], heldout: list[L
 
     from .nlp import casing
     from .nlp.types import NER_TAGS, SENTIMENT_LABELS
-    from .training.saving import save_half
+    from .training.saving import quiet_transformers, save_half
     from .training.data import SentimentExample
     from .training.train import TrainConfig, encode_ner_spans, train_ner, train_sentiment
 
     head = AutoModelForSequenceClassification if task == "sentiment" else AutoModelForTokenClassification
+    quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(active_source)
     student = head.from_pretrained(active_source, dtype=torch.float32, use_safetensors=True)
     teacher = head.from_pretrained(active_source, dtype=torch.float32, use_safetensors=True) if alpha < 1 else None

@@ -11,7 +11,7 @@ import torch
 
 from ..nlp import casing
 from ..nlp.types import NER_TAGS, SENTIMENT_LABELS
-from .saving import save_half
+from .saving import quiet_transformers, save_half
 from .data import SentimentExample
 from .soft_targets import TeacherTargets, ensemble_ner, ensemble_sentiment
 from .train import TrainConfig, encode_ner_spans, encode_sentiment, fit
@@ -69,6 +69,7 @@ def load_student(task: str, which: str, active_source: str, case_markers: bool |
     if which != "active" and not (Path(source).expanduser() / "config.json").is_file():
         raise StudentError(f"--student {which}: not a saved model directory (no config.json); "
                            "use 'active', 'base' or a directory")
+    quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = _heads(task).from_pretrained(source, dtype=torch.float32, use_safetensors=True)
     classes = [model.config.id2label[i] for i in range(model.config.num_labels)]

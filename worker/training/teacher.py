@@ -30,7 +30,7 @@ import torch
 from ..nlp.options import EngineOptions
 from ..nlp.types import SENTIMENT_LABELS
 from . import data, evaluate, soft_targets, targets_file
-from .saving import save_half
+from .saving import quiet_transformers, save_half
 from .train import TrainConfig, encode_sentiment, fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +45,7 @@ def training_texts(data_dir: Path, imdb_train: int | None) -> list[data.Sentimen
 def load_base(source: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    quiet_transformers()
     labels = list(SENTIMENT_LABELS)
     model = AutoModelForSequenceClassification.from_pretrained(
         source, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
