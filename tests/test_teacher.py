@@ -97,3 +97,18 @@ def test_an_ensemble_of_targets_files_is_the_mean_of_their_probabilities(tmp_pat
     b = targets_file.save(tmp_path / "b.pt", "sentiment", SENTIMENT_LABELS, ["x"], torch.tensor([[0.4, 0.6]]))
     (got,) = targets_file.log_probs([a, b], "sentiment", ["x"], SENTIMENT_LABELS)
     assert torch.allclose(got.exp(), torch.tensor([0.6, 0.4]), atol=1e-3)
+
+
+def test_bad_training_data_ends_the_steps_with_its_line_not_a_traceback(data_dir, tmp_path, monkeypatch, capsys):
+    from worker.training import build
+
+    with open(data_dir / "sst2" / "train.tsv", "a") as f:
+        f.write("maybe\tan unlabeled line\n")
+    for module, argv in ((teacher, ["teacher", "--base", "unused", "--out", str(tmp_path / "t")]),
+                         (build, ["build", "sentiment", "--out", str(tmp_path / "s")])):
+        monkeypatch.setattr("sys.argv", argv + ["--data-dir", str(data_dir)])
+        with pytest.raises(SystemExit) as exit_:
+            module.main()
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "train.tsv:12: label must be negative/positive or 0/1" in err and "Traceback" not in err

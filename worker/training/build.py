@@ -203,7 +203,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
-    (build_sentiment if args.task == "sentiment" else build_ner)(args)
+    try:
+        (build_sentiment if args.task == "sentiment" else build_ner)(args)
+    except (ValueError, OSError) as exc:  # bad data lines, a foreign targets file, a missing file: one line
+        ap.exit(2, f"build {args.task}: {exc}\n")
     print(f"built {args.task} in {(time.monotonic() - started) / 60:.1f} min: {args.out}", flush=True)
 
 

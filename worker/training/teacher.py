@@ -112,7 +112,10 @@ def main() -> None:
     ap.add_argument("--checkpoint-minutes", type=float, default=10, help="0: never save the run")
     args = ap.parse_args()
     started = time.monotonic()
-    run(args, say=lambda m: print(m, flush=True))
+    try:
+        run(args, say=lambda m: print(m, flush=True))
+    except (ValueError, OSError) as exc:  # bad data lines, another teacher in --out, a missing file: one line
+        ap.exit(2, f"teacher: {exc}\n")
     print(f"teacher step done in {(time.monotonic() - started) / 60:.1f} min: {args.out}", flush=True)
 
 
