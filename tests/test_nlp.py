@@ -221,41 +221,36 @@ def test_bf16_keeps_layernorms_and_embeddings_in_fp32(tiny_models):
     assert logits.dtype == torch.float32
 
 
-def test_other_architectures_run_through_transformers_forward(tmp_path, tiny_models):
-    from transformers import BertConfig, BertForSequenceClassification
+def _sentiment_model_of(architecture: str, directory, tiny_models, **size):
+    """A tiny transformers sentiment model of `architecture` (e.g. "Bert") with the tiny tokenizer."""
+    import transformers
 
-    directory = tmp_path / "bert"
-    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2,
-                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
-    BertForSequenceClassification(config).save_pretrained(directory)
+    config = getattr(transformers, f"{architecture}Config")(
+        vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=2,
+        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}, **size)
+    getattr(transformers, f"{architecture}ForSequenceClassification")(config).save_pretrained(directory)
     for f in tiny_models["sentiment"].iterdir():
         if f.name.startswith(("tokenizer", "vocab", "special")):
             (directory / f.name).write_bytes(f.read_bytes())
-    s = load_sentiment(str(directory), precision="bf16")
+    return str(directory)
+
+
+def test_other_architectures_run_through_transformers_forward(tmp_path, tiny_models):
+    directory = _sentiment_model_of("Bert", tmp_path / "bert", tiny_models, max_position_embeddings=64)
+    s = load_sentiment(directory, precision="bf16")
     assert not s.forward.fast
     texts = ["the film was great " * 20, "bad"]
     a = s.predict(texts)
-    b = load_sentiment(str(directory), precision="fp32").predict(texts)
+    b = load_sentiment(directory, precision="fp32").predict(texts)
     assert [x.score for x in a] == pytest.approx([x.score for x in b], abs=2e-2)
 
 
 def test_an_architecture_without_fused_attention_loads_with_its_own(tmp_path, tiny_models):
     # MPNet (all-mpnet-base-v2, the sentiment teacher) has no SDPA attention in transformers: asking
     # for it raised, so such a model could be neither a teacher nor imported.
-    from transformers import MPNetConfig, MPNetForSequenceClassification
-
-    directory = tmp_path / "mpnet"
-    config = MPNetConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=66, num_labels=2,
-                         id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
-    MPNetForSequenceClassification(config).save_pretrained(directory)
-    for f in tiny_models["sentiment"].iterdir():
-        if f.name.startswith(("tokenizer", "vocab", "special")):
-            (directory / f.name).write_bytes(f.read_bytes())
-    s = load_sentiment(str(directory), precision="fp32", max_length=64, stride=16)
-    texts = ["the film was great " * 20, "bad"]
-    probs = s.probabilities(texts)
+    directory = _sentiment_model_of("MPNet", tmp_path / "mpnet", tiny_models, max_position_embeddings=66)
+    s = load_sentiment(directory, precision="fp32", max_length=64, stride=16)
+    probs = s.probabilities(["the film was great " * 20, "bad"])
     assert probs.shape == (2, 2) and torch.allclose(probs.sum(1), torch.ones(2))
 
 
