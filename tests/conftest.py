@@ -351,3 +351,29 @@ def poison_ner(monkeypatch) -> None:
 @pytest.fixture
 def poisoned(monkeypatch):
     poison_ner(monkeypatch)
+
+
+@pytest.fixture
+def tiny_sentiment_data(tmp_path, monkeypatch):
+    """A tiny copy of the build's data layout (SST-2 train/dev, IMDb train with 3 held out)."""
+    import gzip
+    import json
+
+    from worker.training import data
+
+    POS = ["great film", "loved the acting", "good story", "a wonderful cast", "loved it"]
+    NEG = ["awful film", "boring plot", "terrible acting", "a dreadful cast", "hate it"]
+    monkeypatch.setattr(data, "IMDB_HELDOUT", 3)
+    monkeypatch.setenv("REVIEWS_HOME", str(tmp_path / "home"))
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "imdb").mkdir()
+    rows = [f"1\t{t}" for t in POS] + [f"0\t{t}" for t in NEG]
+    (tmp_path / "sst2" / "train.tsv").write_text("label\tsentence\n" + "\n".join(rows) + "\n")
+    (tmp_path / "sst2" / "dev.tsv").write_text("label\tsentence\n1\tgood acting\n0\tbad acting\n")
+    reviews = [{"text": f"{t} , truly {t}", "label": "positive"} for t in POS] + \
+              [{"text": f"{t} , truly {t}", "label": "negative"} for t in NEG]
+    reviews += [{"text": "held out and great", "label": "positive"}, {"text": "held out and awful", "label": "negative"},
+                {"text": "held out and fine", "label": "positive"}]
+    with gzip.open(tmp_path / "imdb" / "train.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in reviews)
+    return tmp_path

@@ -1,8 +1,6 @@
 """The build's teacher step and its targets file, on a tiny model and a tiny copy of the data layout."""
 
 import argparse
-import gzip
-import json
 
 import pytest
 import torch
@@ -10,69 +8,48 @@ import torch
 from worker.nlp.types import SENTIMENT_LABELS
 from worker.training import data, targets_file, teacher
 
-POS = ["great film", "loved the acting", "good story", "a wonderful cast", "loved it"]
-NEG = ["awful film", "boring plot", "terrible acting", "a dreadful cast", "hate it"]
 
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "IMDB_HELDOUT", 3)
-    monkeypatch.setenv("REVIEWS_HOME", str(tmp_path / "home"))
-    (tmp_path / "sst2").mkdir()
-    (tmp_path / "imdb").mkdir()
-    rows = [f"1\t{t}" for t in POS] + [f"0\t{t}" for t in NEG]
-    (tmp_path / "sst2" / "train.tsv").write_text("label\tsentence\n" + "\n".join(rows) + "\n")
-    (tmp_path / "sst2" / "dev.tsv").write_text("label\tsentence\n1\tgood acting\n0\tbad acting\n")
-    reviews = [{"text": f"{t} , truly {t}", "label": "positive"} for t in POS] + \
-              [{"text": f"{t} , truly {t}", "label": "negative"} for t in NEG]
-    reviews += [{"text": "held out and great", "label": "positive"}, {"text": "held out and awful", "label": "negative"},
-                {"text": "held out and fine", "label": "positive"}]
-    with gzip.open(tmp_path / "imdb" / "train.jsonl.gz", "wt") as f:
-        f.writelines(json.dumps(r) + "\n" for r in reviews)
-    return tmp_path
-
-
-def _args(tiny_models, data_dir, out, **extra):
-    values = dict(base=str(tiny_models["sentiment"]), out=out, data_dir=data_dir, imdb_train=None, epochs=2.0, lr=1e-3,
-                  max_length=32, head_tokens=8, batch_tokens=128, max_batch_rows=8, seed=42, checkpoint_minutes=10)
+def _args(tiny_models, tiny_sentiment_data, out, **extra):
+    values = dict(base=str(tiny_models["sentiment"]), out=out, data_dir=tiny_sentiment_data, imdb_train=None,
+                  epochs=2.0, lr=1e-3, max_length=32, head_tokens=8, batch_tokens=128, max_batch_rows=8, seed=42, checkpoint_minutes=10)
     return argparse.Namespace(**(values | extra))
 
 
-def test_teacher_step_writes_a_teacher_its_metrics_and_targets_for_the_training_texts_only(tiny_models, data_dir,
+def test_teacher_step_writes_a_teacher_its_metrics_and_targets_for_the_training_texts_only(tiny_models, tiny_sentiment_data,
                                                                                            tmp_path):
     out = tmp_path / "teacher"
     said = []
-    stats = teacher.run(_args(tiny_models, data_dir, out), say=said.append)
+    stats = teacher.run(_args(tiny_models, tiny_sentiment_data, out), say=said.append)
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "teacher.json").is_file()
     assert set(stats["metrics"]) == {"sst2_dev", "imdb_heldout"} and stats["metrics"]["imdb_heldout"]["n"] == 3
 
-    texts = [e.text for e in teacher.training_texts(data_dir, None)]
+    texts = [e.text for e in teacher.training_texts(tiny_sentiment_data, None)]
     assert len(texts) == 10 + 10
     soft = targets_file.log_probs([out / "sentiment.targets.pt"], "sentiment", texts, SENTIMENT_LABELS)
     assert len(soft) == 20 and all(torch.allclose(s.exp().sum(), torch.tensor(1.0), atol=1e-3) for s in soft)
     payload = targets_file.load(out / "sentiment.targets.pt", "sentiment")
     keys = set(payload["keys"].tolist())
-    _, heldout = data.imdb_split(data_dir / "imdb" / "train.jsonl.gz")
-    held = [e.text for e in heldout] + [e.text for e in data.read_glue_tsv(data_dir / "sst2" / "dev.tsv")]
+    _, heldout = data.imdb_split(tiny_sentiment_data / "imdb" / "train.jsonl.gz")
+    held = [e.text for e in heldout] + [e.text for e in data.read_glue_tsv(tiny_sentiment_data / "sst2" / "dev.tsv")]
     assert not keys & {targets_file.text_key(t) for t in held}  # evaluation texts are never in the targets
     assert payload["about"]["imdb_heldout"] == round(stats["metrics"]["imdb_heldout"]["accuracy"], 4)
     assert not list(out.glob("*.ckpt"))  # the finished run left no checkpoint
 
     # A second run finds the teacher and the cached pass over the texts: nothing is trained or run again.
     said.clear()
-    teacher.run(_args(tiny_models, data_dir, out), say=said.append)
+    teacher.run(_args(tiny_models, tiny_sentiment_data, out), say=said.append)
     assert any("holds this fine-tuned teacher already" in m for m in said)
     assert any("20 of 20 reviews' targets cached" in m for m in said)
     assert not any(m.startswith("step ") for m in said)
 
 
-def test_a_teacher_of_another_recipe_in_out_is_refused_not_reused(tiny_models, data_dir, tmp_path):
+def test_a_teacher_of_another_recipe_in_out_is_refused_not_reused(tiny_models, tiny_sentiment_data, tmp_path):
     out = tmp_path / "teacher"
-    teacher.run(_args(tiny_models, data_dir, out, epochs=1.0), say=lambda m: None)
+    teacher.run(_args(tiny_models, tiny_sentiment_data, out, epochs=1.0), say=lambda m: None)
     with pytest.raises(ValueError, match="another recipe"):
-        teacher.run(_args(tiny_models, data_dir, out, epochs=2.0), say=lambda m: None)
+        teacher.run(_args(tiny_models, tiny_sentiment_data, out, epochs=2.0), say=lambda m: None)
     with pytest.raises(ValueError, match="another recipe"):
-        teacher.run(_args(tiny_models, data_dir, out, epochs=1.0, base=str(tiny_models["ner"])), say=lambda m: None)
+        teacher.run(_args(tiny_models, tiny_sentiment_data, out, epochs=1.0, base=str(tiny_models["ner"])), say=lambda m: None)
 
 
 def test_targets_file_refuses_texts_it_does_not_cover_and_other_tasks(tmp_path):
@@ -99,14 +76,14 @@ def test_an_ensemble_of_targets_files_is_the_mean_of_their_probabilities(tmp_pat
     assert torch.allclose(got.exp(), torch.tensor([0.6, 0.4]), atol=1e-3)
 
 
-def test_bad_training_data_ends_the_steps_with_its_line_not_a_traceback(data_dir, tmp_path, monkeypatch, capsys):
+def test_bad_training_data_ends_the_steps_with_its_line_not_a_traceback(tiny_sentiment_data, tmp_path, monkeypatch, capsys):
     from worker.training import build
 
-    with open(data_dir / "sst2" / "train.tsv", "a") as f:
+    with open(tiny_sentiment_data / "sst2" / "train.tsv", "a") as f:
         f.write("maybe\tan unlabeled line\n")
     for module, argv in ((teacher, ["teacher", "--base", "unused", "--out", str(tmp_path / "t")]),
                          (build, ["build", "sentiment", "--out", str(tmp_path / "s")])):
-        monkeypatch.setattr("sys.argv", argv + ["--data-dir", str(data_dir)])
+        monkeypatch.setattr("sys.argv", argv + ["--data-dir", str(tiny_sentiment_data)])
         with pytest.raises(SystemExit) as exit_:
             module.main()
         assert exit_.value.code == 2
