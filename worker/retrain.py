@@ -175,7 +175,8 @@ def fine_tune(task: str, active_source: str, train: list[Label], heldout: list[L
 
     from .nlp import casing
     from .nlp.types import NER_TAGS, SENTIMENT_LABELS
-    from .training.saving import quiet_transformers, save_half
+    from .nlp.loading import quiet_transformers
+    from .training.saving import save_half
     from .training.data import SentimentExample
     from .training.train import TrainConfig, encode_ner_spans, train_ner, train_sentiment
 

@@ -47,26 +47,29 @@ def load(source: str, task: str, device: str = "auto", precision: str = "auto", 
             raise _load_error(task, source, exc) from exc
         return _finish(model, tokenizer, dev, prec, precision, task, source)
     import transformers  # here, not at the top: importing it takes seconds that the CLI need not pay
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a worker log is no place for weight-loading progress bars
+    quiet_transformers()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, use_fast=True)
         # Loaded in float32 (half-precision files are upcast); batching.Forward then decides which
         # weights run in which precision.
-        head = getattr(transformers, HEADS[task])
-        try:
-            model = head.from_pretrained(name, use_safetensors=True, dtype=torch.float32, attn_implementation="sdpa")
-        except ValueError as exc:  # an architecture without torch's fused attention (MPNet): its own then
-            if "scaled_dot_product_attention" not in str(exc):
-                raise
-            model = head.from_pretrained(name, use_safetensors=True, dtype=torch.float32)
+        # transformers picks torch's fused attention (SDPA) where the architecture has it and its own
+        # where not (MPNet): asking for SDPA by name made such models fail to load.
+        model = getattr(transformers, HEADS[task]).from_pretrained(name, use_safetensors=True, dtype=torch.float32)
     except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError... depending on the fault
         raise _load_error(task, source, exc) from exc
     if not tokenizer.is_fast:
         raise ModelLoadError(f"{task} model {source!r}: needs a fast tokenizer (tokenizer.json) for offsets")
     model.eval()
     return _finish(model, tokenizer, dev, prec, precision, task, source)
+
+
+def quiet_transformers() -> None:
+    """No weight-loading or shard-writing progress bars: worker, retrain, distillation and build logs
+    are read line by line, and the bars are noise there."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _load_error(task: str, source: str, exc: Exception) -> ModelLoadError:

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def quiet_transformers() -> None:
-    """No weight-loading or shard-writing progress bars: a retrain's, distillation's or build's log is
-    read line by line, and the bars are noise there."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+from ..nlp.loading import quiet_transformers
 
 
 def save_half(model, tokenizer, out: Path) -> None:

@@ -11,7 +11,8 @@ import torch
 
 from ..nlp import casing
 from ..nlp.types import NER_TAGS, SENTIMENT_LABELS
-from .saving import quiet_transformers, save_half
+from ..nlp.loading import quiet_transformers
+from .saving import save_half
 from .data import SentimentExample
 from .soft_targets import TeacherTargets, ensemble_ner, ensemble_sentiment
 from .train import TrainConfig, encode_ner_spans, encode_sentiment, fit
