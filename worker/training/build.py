@@ -11,7 +11,6 @@ trained on (SST-2 dev and the IMDb held-out slice; CoNLL-2003 valid), and saves 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import time
@@ -22,7 +21,7 @@ from transformers import DistilBertForSequenceClassification, DistilBertForToken
 
 from ..nlp import casing
 from ..nlp.types import NER_TAGS, SENTIMENT_LABELS
-from . import data, evaluate, soft_targets, targets_file
+from . import checkpoint, data, evaluate, soft_targets, targets_file
 from .cards import hardware, rebuild_command, write_card
 from .convert import distilbert_config, load_base
 from .saving import save_half
@@ -105,12 +104,9 @@ def _checkpointing(args, task: str) -> dict:
     recipe and the data: the same command resumes a stopped build, a changed one starts afresh."""
     from ..config import home_dir
 
-    if not args.checkpoint_minutes:
-        return {}
-    key = hashlib.sha256(f"{rebuild_command(args, task)}|{Path(args.data_dir).resolve()}".encode()).hexdigest()[:16]
-    path = home_dir() / "cache" / "build" / f"{task}-{key}.ckpt"
-    print(f"checkpoint every {args.checkpoint_minutes:g} min: {path} (run the same command again to resume)", flush=True)
-    return {"checkpoint": path, "checkpoint_every_s": args.checkpoint_minutes * 60}
+    return checkpoint.fit_options(home_dir() / "cache" / "build", task,
+                                  f"{rebuild_command(args, task)}|{Path(args.data_dir).resolve()}",
+                                  args.checkpoint_minutes, say=lambda m: print(m, flush=True))
 
 
 def _distilled(args, task: str, student, answers: dict[str, object], config: TrainConfig) -> dict:

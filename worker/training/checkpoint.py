@@ -10,6 +10,7 @@ file, then a rename), and fit deletes it when the run ends.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -27,6 +28,17 @@ class Progress:
     seen: int = 0
     tokens: int = 0
     seconds: float = 0.0  # training time before this process, for the reported rate
+
+
+def fit_options(directory: Path, name: str, recipe: str, minutes: float, say=print) -> dict:
+    """fit's checkpoint arguments for a command-line run: a file in `directory` named by `name` and a
+    hash of `recipe` (everything that shapes the run: options, base, data), so that the same command
+    resumes a stopped run and a changed one starts afresh; saved every `minutes` (0: never)."""
+    if not minutes:
+        return {}
+    path = directory / f"{name}-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.ckpt"
+    say(f"checkpoint every {minutes:g} min: {path} (run the same command again to resume)")
+    return {"checkpoint": path, "checkpoint_every_s": minutes * 60}
 
 
 def save(path: Path, model, optimizer, scheduler, rng: random.Random, progress: Progress, recent: list[float]) -> None:

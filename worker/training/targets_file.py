@@ -15,6 +15,8 @@ from typing import Sequence
 
 import torch
 
+from .soft_targets import TeacherTargets, ensemble_sentiment
+
 FORMAT = "reviews-teacher-targets/1"
 
 
@@ -58,8 +60,9 @@ def load(path: Path | str, task: str) -> dict:
 
 
 def log_probs(paths: Sequence[Path | str], task: str, texts: Sequence[str], classes: Sequence[str]) -> list[torch.Tensor]:
-    """Per text, the log of the files' mean probabilities in `classes` order (several files: an ensemble)."""
-    total = torch.zeros(len(texts), len(classes))
+    """Per text, the log of the files' mean probabilities in `classes` order (several files: an ensemble),
+    as soft_targets.ensemble_sentiment averages the teachers `reviews distill` runs."""
+    teachers = []
     for path in paths:
         payload = load(path, task)
         index = {int(k): i for i, k in enumerate(payload["keys"].tolist())}
@@ -68,11 +71,8 @@ def log_probs(paths: Sequence[Path | str], task: str, texts: Sequence[str], clas
         if missing:
             raise ValueError(f"--teacher-targets {path}: {missing:,} of {len(texts):,} training texts have no targets "
                              "(were they computed for other data or another recipe?)")
-        columns = []
         for name in classes:
             if name not in payload["classes"]:
                 raise ValueError(f"--teacher-targets {path}: no class {name!r} (it has {payload['classes']})")
-            columns.append(payload["classes"].index(name))
-        total += payload["probs"].float()[rows][:, columns]
-    mean = (total / len(paths)).clamp(min=1e-6)
-    return list((mean / mean.sum(-1, keepdim=True)).log())
+        teachers.append(TeacherTargets(payload["classes"], sentiment=payload["probs"].float()[rows]))
+    return ensemble_sentiment(teachers, list(classes))

@@ -19,7 +19,6 @@ training texts.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -29,8 +28,9 @@ import torch
 
 from ..nlp.options import EngineOptions
 from ..nlp.types import SENTIMENT_LABELS
-from . import data, evaluate, soft_targets, targets_file
-from .saving import quiet_transformers, save_half
+from . import checkpoint, data, evaluate, soft_targets, targets_file
+from ..nlp.loading import quiet_transformers
+from .saving import save_half
 from .train import TrainConfig, encode_sentiment, fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,10 +73,10 @@ def run(args, say=print) -> dict:
         torch.manual_seed(config.seed)  # the new head's initial weights
         model, tokenizer = load_base(args.base)
         say(f"fine-tuning {args.base} on {len(examples):,} texts ({config.epochs:g} epochs, lr {config.lr:g})")
-        key = hashlib.sha256(f"{args.base}|{Path(args.data_dir).resolve()}|{config}".encode()).hexdigest()[:16]
-        every = {"checkpoint": args.out / f"run-{key}.ckpt", "checkpoint_every_s": args.checkpoint_minutes * 60}
+        saving_run = checkpoint.fit_options(args.out, "run", f"{args.base}|{Path(args.data_dir).resolve()}|{config}",
+                                            args.checkpoint_minutes, say)
         stats = fit(model, encode_sentiment(tokenizer, examples, config), config, tokenizer.pad_token_id, False,
-                    progress=say, **(every if args.checkpoint_minutes else {}))
+                    progress=say, **saving_run)
         save_half(model, tokenizer, out)
         _, heldout = data.imdb_split(args.data_dir / "imdb" / "train.jsonl.gz")
         stats["base"], stats["data_dir"] = args.base, str(Path(args.data_dir).resolve())

@@ -278,8 +278,8 @@ def fit(model, examples: list[Encoded], config: TrainConfig, pad_id: int, per_to
     model.eval()
     saved.remove(checkpoint)
     elapsed = time.monotonic() - started
-    step, seen = at.step, at.seen
-    return {"steps": step, "examples": seen, "seconds": round(elapsed, 1), "examples_per_s": round(seen / elapsed, 1),
+    return {"steps": at.step, "examples": at.seen, "seconds": round(elapsed, 1),
+            "examples_per_s": round(at.seen / elapsed, 1),
             "final_loss": round(sum(recent) / max(1, len(recent)), 4), "precision": precision, "device": str(device),
             "config": asdict(config)}
 
