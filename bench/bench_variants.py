@@ -1,5 +1,5 @@
-"""What each engine change is worth: engine variants on the same real reviews, in one process, rounds
-interleaved so that a noisy machine hits every variant alike.
+"""What each engine change is worth: engine variants on the same real reviews, in one process,
+interleaved chunk by chunk (in a rotating order) so that a noisy machine hits every variant alike.
 
     python bench/bench_variants.py --reviews 128 --rounds 3            # sentiment, random DistilBERT-base
     python bench/bench_variants.py --task ner --reviews 128
@@ -32,11 +32,16 @@ from worker.nlp.sentiment import load_sentiment  # noqa: E402
 
 def variant(task: str, path: str, precision: str = "bf16", use_fast: bool = True, cls_only: bool = True,
             budget: int = 8192, int8: bool = False, compile_: bool = False, attn: str | None = None,
-            pad_to: int = 1):
-    """A loaded engine set up one way."""
+            pad_to: int = 1, packed_weights: bool = True):
+    """A loaded engine set up one way. packed_weights=False: bf16 through plain Linear layers, as
+    before packed.py."""
     loader = load_sentiment if task == "sentiment" else load_ner
-    engine = loader(path, device="cpu", precision="fp32" if int8 else precision, token_budget=budget)
+    engine = loader(path, device="cpu", precision="fp32" if int8 or not packed_weights else precision,
+                    token_budget=budget)
     model = engine.model
+    if not packed_weights and not int8:  # the fp32 model again, at `precision` without packing
+        engine.forward = batching.Forward(model, engine.device, precision, per_token=task == "ner", pack_weights=False)
+        engine.precision = precision
     if not use_fast:  # transformers' forward on a freshly loaded copy
         engine.forward = _hf_forward(task, path, precision)
         engine.model = model = engine.forward.model
@@ -126,6 +131,8 @@ def main() -> None:
          lambda: variant(task, path, precision="int8", budget=2048)),
         ("  ... budget 1024 + int8 per token", "~2", lambda: variant(task, path, precision="int8", budget=1024)),
         ("  ... budget 4096 + int8 per token", "~2", lambda: variant(task, path, precision="int8", budget=4096)),
+        ("  ... budget 2048, plain bf16 Linear layers (before packed.py)", "1.2-1.3",
+         lambda: variant(task, path, budget=2048, packed_weights=False)),
     ]
     if args.only:
         keep = {1} | {int(x) for x in args.only.split(",")}
@@ -147,16 +154,23 @@ def main() -> None:
         setup.append(time.perf_counter() - started)
         print(f"  ready: {name} ({setup[-1]:.1f} s)", file=sys.stderr, flush=True)
         engines.append(engine)
+    # Interleaved chunk by chunk, in an order that rotates: this machine's speed drifts by up to 2x
+    # over minutes (other tenants of the host), and every variant must see the same drift.
     times: list[list[float]] = [[] for _ in specs]
     outputs: list[list] = [[] for _ in specs]
     for r in range(args.rounds):
-        for k, engine in enumerate(engines):
-            started = time.perf_counter()
-            out = [o for c in chunks(texts, args.batch_size) for o in engine.predict(c)]
-            times[k].append(time.perf_counter() - started)
-            outputs[k] = out
-            print(f"  round {r + 1}: {specs[k][0]}: {len(texts) / times[k][-1]:.2f} reviews/s", file=sys.stderr,
-                  flush=True)
+        spent, outs = [0.0] * len(engines), [[] for _ in engines]
+        for c, chunk in enumerate(chunks(texts, args.batch_size)):
+            order = list(range(len(engines)))
+            shift = (r + c) % len(order)
+            for k in order[shift:] + order[:shift]:
+                started = time.perf_counter()
+                outs[k].extend(engines[k].predict(chunk))
+                spent[k] += time.perf_counter() - started
+        for k in range(len(engines)):
+            times[k].append(spent[k])
+            outputs[k] = outs[k]
+            print(f"  round {r + 1}: {specs[k][0]}: {len(texts) / spent[k]:.2f} reviews/s", file=sys.stderr, flush=True)
     pick = min if args.best else statistics.median
     base = pick(times[0])
     print(f"{'variant':58} {'predicted':>16} {'reviews/s':>9} {'ratio':>6} {'agree':>7} {'setup s':>7}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import casing, fast, int8
+from . import casing, fast, int8, packed
 from .device import DTYPES, autocast, cpu_float_precision
 
 
@@ -140,8 +140,9 @@ class Forward:
     """
 
     def __init__(self, model, device: torch.device, precision: str, per_token: bool, use_fast: bool = True,
-                 marking=None):
-        """marking: the model's casing.CaseMarking, whose "added" style the forward must read from the ids."""
+                 marking=None, pack_weights: bool = True):
+        """marking: the model's casing.CaseMarking, whose "added" style the forward must read from the ids.
+        pack_weights: on CPU at bf16, pack the Linear weights for oneDNN once (packed.py)."""
         self.model, self.device, self.precision = model, device, precision
         self.fast = use_fast and fast.supports(model)
         if precision == "int8" and device.type != "cpu":
@@ -152,6 +153,8 @@ class Forward:
             fast.cast_linears(model, DTYPES[float_precision])
         if precision == "int8":
             int8.quantize_linears(model)
+        elif self.fast and pack_weights and device.type == "cpu" and precision == "bf16" and packed.available():
+            packed.pack_linears(model)
         if self.fast:
             # torch's CPU attention runs fp32 about 10% faster than bf16 (bench/kernels.py); with int8
             # products, attention is the largest cost left, and fp32 there gained 5-9% (RESULTS.md).

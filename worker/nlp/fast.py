@@ -106,7 +106,8 @@ class DistilBertForward:
         q, k, v = q.to(at), k.to(at), v.to(at)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         a = att.out_lin(a.transpose(1, 2).reshape(batch, -1, dim).to(dt))
-        h = layer.sa_layer_norm(a.float() + residual)
+        # residual (float32) + a (bf16) promotes to float32 in one pass, where a.float() took a second.
+        h = layer.sa_layer_norm(residual + a)
         ffn = layer.ffn
         f = ffn.lin2(ffn.activation(ffn.lin1(h.to(dt))))
-        return layer.output_layer_norm(f.float() + h)
+        return layer.output_layer_norm(h + f)
