@@ -27,8 +27,9 @@ How each runs:
   (bf16 only where the CPU reports BF16), PERFORMANCE_HINT LATENCY.
 - engine: worker.nlp.load_sentiment / load_ner at bf16, int8 and auto. auto measures on load (a fresh
   REVIEWS_HOME, so the measurement runs and its cost is shown; a worker pays it once per machine).
-Every runtime uses torch's thread count (one thread per core by default). Rounds are interleaved:
-each round runs every row once, in a rotating order, so a noisy shared machine slows all alike.
+Every runtime uses torch's thread count (one thread per core by default). Rounds are interleaved
+chunk by chunk: every row runs each chunk of --batch-size reviews in turn, in a rotating order, so a
+noisy shared machine slows all alike.
 Agreement: with the same model in float32 through transformers' forward and the engine's windows
 (sentiment: labels; NER: entity spans exact, the lower of recall and precision).
 """
@@ -56,6 +57,7 @@ from bench.common import (  # noqa: E402
 )
 
 INSTALL = "pip install onnxruntime openvino onnx onnxscript"
+SETTLE_S = 0.2  # before each timed call (see runtime_table)
 
 
 class Skipped(Exception):
@@ -335,15 +337,25 @@ def runtime_table(dirs: dict[str, str], task: str, texts: list[str], warm: list[
     add("OpenVINO f32", openvino_row("f32"), "engine's windows and batches;")
     add("OpenVINO bf16", openvino_row("bf16"), "engine's windows and batches;")
 
+    # Interleaved chunk by chunk, in an order that rotates: on a shared host the speed drifts by up to
+    # 2x over minutes, and whole passes one row after another gave two identical engines 1.26x apart.
     live = [r for r in rows if "predict" in r]
     for k in range(rounds):
-        order = live[k % len(live):] + live[:k % len(live)] if live else []
-        for r in order:
-            started = time.perf_counter()
-            r["out"] = r["predict"](texts)
-            r["times"].append(time.perf_counter() - started)
-            print(f"  round {k + 1}: {r['name']}: {len(texts) / r['times'][-1]:.2f} reviews/s", file=sys.stderr,
-                  flush=True)
+        spent, outs = {id(r): 0.0 for r in live}, {id(r): [] for r in live}
+        for c, chunk in enumerate(chunks(texts, batch_size)):
+            shift = (k + c) % len(live)
+            for r in live[shift:] + live[:shift]:
+                # ONNX Runtime's and OpenVINO's worker threads spin for a while after a call: the row
+                # after them ran 1.2x slower than the same engine elsewhere in the order (two engines
+                # at bf16: 18.8 against 22.6 reviews/s). A pause, not timed, lets them go idle.
+                time.sleep(SETTLE_S)
+                started = time.perf_counter()
+                outs[id(r)].extend(r["predict"](chunk))
+                spent[id(r)] += time.perf_counter() - started
+        for r in live:
+            r["out"] = outs[id(r)]
+            r["times"].append(spent[id(r)])
+            print(f"  round {k + 1}: {r['name']}: {len(texts) / spent[id(r)]:.2f} reviews/s", file=sys.stderr, flush=True)
 
     def rate(r) -> float:
         return len(texts) / statistics.median(r["times"])
