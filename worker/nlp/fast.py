@@ -53,6 +53,20 @@ def cast_linears(model, dtype: torch.dtype) -> None:
             module.to(dtype)
 
 
+def replace_linears(model: nn.Module, replace, keep: tuple[str, ...] = ("classifier",)) -> int:
+    """Put `replace(linear, full_name)` in the place of every nn.Linear of `model` whose dotted name
+    does not end with one of `keep` (the classification head, and pre_classifier: a few rows, and
+    where rounding moves the output directly). Returns how many were replaced."""
+    replaced = 0
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            if isinstance(child, nn.Linear) and not full.endswith(keep):
+                setattr(parent, name, replace(child, full))
+                replaced += 1
+    return replaced
+
+
 class DistilBertForward:
     """logits = forward(input_ids, attention_mask), float32, for a DistilBERT classifier."""
 

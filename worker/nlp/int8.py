@@ -131,15 +131,10 @@ def quantize_linears(model: nn.Module, keep: tuple[str, ...] = ("classifier",),
     `keep` (the classification head: small, and where rounding moves the output directly).
     Layers named in `centered` (DistilBERT's feed-forward output, fed by GELU) quantize their input
     around its midrange. Returns how many were replaced."""
+    from .fast import replace_linears
+
     available()  # compile the kernels now, not in the first batch
-    replaced = 0
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            full = f"{parent_name}.{name}" if parent_name else name
-            if isinstance(child, nn.Linear) and not full.endswith(keep):
-                setattr(parent, name, Int8Linear(child, centered=full.endswith(centered)))
-                replaced += 1
-    return replaced
+    return replace_linears(model, lambda linear, full: Int8Linear(linear, centered=full.endswith(centered)), keep)
 
 
 def product_ratio(hidden: int, intermediate: int, rows: int) -> float:

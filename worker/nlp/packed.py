@@ -3,8 +3,8 @@
 A bf16 `nn.Linear` on the CPU hands its (out, in) weight to oneDNN, which reorders it into the
 blocked layout its AMX / AVX-512 BF16 kernels read, on every call. Packing once at load time
 (`torch.ops.mkldnn._reorder_linear_weight`, what torch.compile's freezing pass does for CPU
-inference) leaves each call only the product: 1.05-1.09x the engine's throughput on a Xeon with AMX
-(bench/RESULTS.md, "Packed bf16 weights"). Letting oneDNN apply the feed-forward's GELU to the
+inference) leaves each call only the product: 1.06-1.26x the engine's throughput on a Xeon with AMX
+(bench/RESULTS.md, "The Xeon with AMX"). Letting oneDNN apply the feed-forward's GELU to the
 product (a post-op) measured no faster there, so GELU stays a pass of its own.
 
 Where torch was built without oneDNN, or the packed product disagrees with the plain one here,
@@ -28,6 +28,8 @@ class PackedLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         weight = linear.weight.detach()
+        if weight.dtype != torch.bfloat16:  # packing keeps the dtype: an fp32 layer would stay fp32
+            raise ValueError(f"PackedLinear packs bf16 weights, not {weight.dtype}")
         self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight, None))
         bias = linear.bias.detach() if linear.bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype)
         self.register_buffer("bias", bias)
@@ -64,14 +66,9 @@ def available() -> bool:
 
 
 def pack_linears(model: nn.Module, keep: tuple[str, ...] = ("classifier",)) -> int:
-    """Replace the bf16 Linear layers of `model` by PackedLinear, except those whose name ends with
-    one of `keep` (the classification head, and pre_classifier: a few rows, nothing to gain).
-    Returns how many were replaced."""
-    replaced = 0
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            full = f"{parent_name}.{name}" if parent_name else name
-            if isinstance(child, nn.Linear) and child.weight.dtype == torch.bfloat16 and not full.endswith(keep):
-                setattr(parent, name, PackedLinear(child))
-                replaced += 1
-    return replaced
+    """Replace the Linear layers of `model` (stored in bf16: fast.cast_linears) by PackedLinear,
+    except those whose name ends with one of `keep` (the classification head, and pre_classifier: a
+    few rows, nothing to gain). Returns how many were replaced."""
+    from .fast import replace_linears
+
+    return replace_linears(model, lambda linear, _: PackedLinear(linear), keep)
