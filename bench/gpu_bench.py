@@ -182,7 +182,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reviews", type=int, default=2048)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--model-size", choices=["base", "small", "bundled"], default="base")
+    ap.add_argument("--model-size", choices=["base", "small", "tiny", "bundled"], default="base")
     ap.add_argument("--grid", default="bf16:16384:64,bf16:16384:512,bf16:65536:512,fp16:16384:512,fp16:65536:512",
                     help="precision:token budget:reviews per call (per queue message), comma-separated")
     ap.add_argument("--rounds", type=int, default=2)

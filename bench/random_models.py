@@ -25,6 +25,9 @@ from worker.nlp.types import NER_TAGS, SENTIMENT_LABELS
 SIZES = {
     "base": {},  # DistilBertConfig() defaults: dim 768, 6 layers, 66M parameters
     "small": dict(dim=384, hidden_dim=1536, n_heads=12),  # the bundled models' shape, 22.7M
+    # One narrow layer: a model that costs almost nothing, standing in for an infinitely fast GPU so
+    # that what the engine spends around the model shows (bench/host_overhead.py).
+    "tiny": dict(dim=64, hidden_dim=256, n_heads=2, n_layers=1),
 }
 # The bias of the random tagger's "O" column, per size: with none it tags about 150 entities a review,
 # and decoding and storing entities cost in proportion to their number; with these it finds about 11
