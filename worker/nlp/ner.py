@@ -30,34 +30,36 @@ class NerModel:
         vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         # WordPiece marks word-internal pieces with "##"; the tag of a word is read at its first piece.
         self.continues_word = [t is not None and t.startswith("##") for t in vocab]
+        self._continues = torch.tensor(self.continues_word, dtype=torch.bool)
+        self._marker_ids = torch.tensor(sorted(self.markers), dtype=torch.long)
+        self._o_index = self.tags.index("O") if "O" in self.tags else -1
 
     def predict(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> list[list[Entity]]:
         """encoded: the texts (cut at options.max_chars) as this model's tokenizer encodes them, with
         offsets, if at hand (predict_both)."""
-        out = []
-        for text, (words, probs) in zip(texts, self._word_probabilities(texts, encoded)):
-            if not words:
-                out.append([])
-                continue
-            score, tag_ids = probs[[first for first, _, _ in words]].max(dim=-1)
-            out.append(decode_bio(text, words, [self.tags[i] for i in tag_ids.tolist()], score.tolist()))
-        return out
+        if not texts:
+            return []
+        texts = [t[: self.options.max_chars] for t in texts]
+        encoded, logits = self._token_logits(texts, encoded)
+        return self._entities(texts, encoded, logits)
 
     def word_probabilities(self, texts: list[str]) -> list[tuple[list[tuple[int, int]], torch.Tensor]]:
         """For each text, the character span of each word and its tag probabilities ([words, tags],
         columns in self.tags' order): a teacher's soft targets, aligned to any student by characters."""
+        if not texts:
+            return []
+        texts = [t[: self.options.max_chars] for t in texts]
         out = []
-        for words, probs in self._word_probabilities(texts):
+        for enc, rows in zip(*self._token_logits(texts)):
+            words = word_spans(enc, self.continues_word, self.markers)
+            probs = rows.float().softmax(dim=-1)
             firsts = [first for first, _, _ in words]
             out.append(([(s, e) for _, s, e in words], probs[firsts] if firsts else probs[:0]))
         return out
 
-    def _word_probabilities(self, texts: list[str], encoded: list[batching.Encoded] | None = None):
-        """Per text: its words (first token index, char start, char end) and every token's tag probabilities."""
-        if not texts:
-            return []
+    def _token_logits(self, texts: list[str], encoded: list[batching.Encoded] | None = None):
+        """(encoded, logits): per text, its tokens (case-marked) and one row of tag logits per token."""
         opts = self.options
-        texts = [t[: opts.max_chars] for t in texts]
         if encoded is None:
             encoded = batching.encode(self.tokenizer, texts)
         if self.casing is not None:
@@ -69,16 +71,62 @@ class NerModel:
         per_text: list[list[tuple[int, torch.Tensor]]] = [[] for _ in texts]
         for w, rows in zip(windows, logits):
             per_text[w.text_index].append((w.start, rows))
-        out = []
-        for enc, parts in zip(encoded, per_text):
-            if not enc.ids:
-                out.append(([], torch.zeros(0, len(self.tags))))
-            else:
-                out.append((word_spans(enc, self.continues_word, self.markers),
-                            stitch(len(enc.ids), parts).float().softmax(dim=-1)))
+        return encoded, [stitch(len(enc.ids), parts) if enc.ids else torch.zeros(0, len(self.tags))
+                         for enc, parts in zip(encoded, per_text)]
+
+    def _entities(self, texts: list[str], encoded: list[batching.Encoded], logits: list[torch.Tensor]
+                  ) -> list[list[Entity]]:
+        """Entities of every text, as word_spans and decode_bio read them, computed for all texts at
+        once: tags and words come from tensor operations over every token of the call, and Python
+        only visits the words tagged other than O (a dozen a review, of a few hundred tokens; the
+        loop over every token took more time than the model on a GPU, bench/host_overhead.py)."""
+        out: list[list[Entity]] = [[] for _ in texts]
+        lengths = torch.tensor([len(enc.ids) for enc in encoded])
+        total = int(lengths.sum())
+        if total == 0:
+            return out
+        ids = torch.tensor([t for enc in encoded for t in enc.ids])
+        score, tag = torch.cat(logits).float().softmax(dim=-1).max(dim=-1)
+        keep = ~torch.isin(ids, self._marker_ids)  # inserted markers are no words
+        starts = keep & ~self._continues[ids % len(self.continues_word)]
+        # A text's first word starts at its first kept token, even a "##" piece (word_spans).
+        text_of = torch.repeat_interleave(torch.arange(len(texts)), lengths)
+        kept = keep.nonzero().squeeze(1)
+        first_kept = torch.ones(len(kept), dtype=torch.bool)
+        first_kept[1:] = text_of[kept[1:]] != text_of[kept[:-1]]
+        starts[kept[first_kept]] = True
+        word_first = starts.nonzero().squeeze(1)  # every word of the call, in order
+        # A word ends at the last kept token before the next word's start. Every text with a kept
+        # token opens with a word, so that is never in another text.
+        following = torch.cat([word_first[1:], torch.tensor([total])])
+        last_kept = torch.cummax(torch.where(keep, torch.arange(total), -1), dim=0).values
+        word_last = last_kept[following - 1]
+        named = tag[word_first] != self._o_index if self._o_index >= 0 else torch.ones_like(word_first, dtype=torch.bool)
+        which = named.nonzero().squeeze(1)
+        base = (torch.cumsum(lengths, 0) - lengths).tolist()
+        rows = zip(which.tolist(), text_of[word_first[which]].tolist(), word_first[which].tolist(),
+                   word_last[which].tolist(), tag[word_first[which]].tolist(), score[word_first[which]].tolist())
+        run: list = []  # consecutive named words of one text: O on both sides of the run
+        for row in rows:
+            if run and (row[1] != run[-1][1] or row[0] != run[-1][0] + 1):
+                out[run[0][1]] += self._decode_run(texts, encoded, base, run)
+                run = []
+            run.append(row)
+        if run:
+            out[run[0][1]] += self._decode_run(texts, encoded, base, run)
         return out
 
+    def _decode_run(self, texts, encoded, base, run) -> list[Entity]:
+        t = run[0][1]
+        offsets = encoded[t].offsets
+        words = [(first - base[t], offsets[first - base[t]][0], offsets[last - base[t]][1])
+                 for _, _, first, last, _, _ in run]
+        return decode_bio(texts[t], words, [self.tags[r[4]] for r in run], [r[5] for r in run])
+
     def _mark(self, text: str, enc: batching.Encoded) -> batching.Encoded:
+        if self.casing.style == "added":  # nothing moves: only the ids of cased words change
+            return batching.Encoded(self.casing.mark_added(text, enc.ids, enc.offsets, self.continues_word),
+                                    enc.offsets)
         ids, offsets, _ = self.casing.mark(text, enc.ids, enc.offsets,
                                            [not self.continues_word[t] for t in enc.ids])
         return batching.Encoded(ids, offsets)
