@@ -84,7 +84,7 @@ def card_peak(config, device: torch.device, rows: int) -> dict[str, dict[str, fl
 def engine_grid(dirs, texts, warm, device, settings: list[tuple[str, int, int]], rounds) -> list[dict]:
     """The engine at each (precision, token budget, reviews per call)."""
     from worker.nlp import batching
-    from worker.nlp.ner import load_ner
+    from worker.nlp.ner import load_ner, predict_both
     from worker.nlp.sentiment import load_sentiment
 
     rows = []
@@ -100,11 +100,12 @@ def engine_grid(dirs, texts, warm, device, settings: list[tuple[str, int, int]],
             out["sentiment_s"] = median_time(lambda: [s.predict(c) for c in chunks(texts, per_call)], rounds)
             out["ner_s"] = median_time(lambda: [n.predict(c) for c in chunks(texts, per_call)], rounds)
 
-            def both():
+            def both():  # as a worker runs them (one tokenization, both models queued before either is read)
                 out["sentiment"], out["ner"] = [], []
                 for c in chunks(texts, per_call):
-                    out["sentiment"] += s.predict(c)
-                    out["ner"] += n.predict(c)
+                    sentiments, entities = predict_both(s, n, c)
+                    out["sentiment"] += sentiments
+                    out["ner"] += entities
 
             out["both_s"] = median_time(both, rounds)
             out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
@@ -129,19 +130,21 @@ def _engine_child(rank: int, procs: int, dirs, texts, device_type, precision, bu
     """One of `procs` processes sharing the device: its share of the reviews, both tasks."""
     import os
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs))
-    from worker.nlp.ner import load_ner
+    share = max(1, (os.cpu_count() or 1) // procs)
+    torch.set_num_threads(share)
+    os.environ["RAYON_NUM_THREADS"] = str(share)  # the tokenizer's pool, as a worker sets it (resources.py)
+    from worker.nlp.ner import load_ner, predict_both
     from worker.nlp.sentiment import load_sentiment
 
     s = load_sentiment(dirs["sentiment"], device=device_type, precision=precision, token_budget=budget)
     n = load_ner(dirs["ner"], device=device_type, precision=precision, token_budget=budget)
     mine = texts[rank::procs]
     for c in chunks(mine, per_call):  # an untimed pass first: without it one process ran at 0.69x the grid's rate
-        s.predict(c), n.predict(c)
+        predict_both(s, n, c)
     barrier.wait()
     started = time.perf_counter()
     for c in chunks(mine, per_call):
-        s.predict(c), n.predict(c)
+        predict_both(s, n, c)
     queue.put(time.perf_counter() - started)
 
 
@@ -186,10 +189,10 @@ def main() -> None:
     ap.add_argument("--grid", default="bf16:16384:64,bf16:16384:512,bf16:65536:512,fp16:16384:512,fp16:65536:512",
                     help="precision:token budget:reviews per call (per queue message), comma-separated")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--procs", default="1,4", help="engine processes sharing the device, at the best setting")
+    ap.add_argument("--procs", default="1,4,8", help="engine processes sharing the device, at the best setting")
     ap.add_argument("--e2e-batch", type=int, default=64,
                     help="reviews per queue message end to end (REVIEWS_BATCH_SIZE)")
-    ap.add_argument("--e2e-workers", default="1,4", help="worker processes sharing the device, end to end")
+    ap.add_argument("--e2e-workers", default="1,4,8", help="worker processes sharing the device, end to end")
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()

@@ -338,14 +338,14 @@ def poison_ner(monkeypatch) -> None:
     """The NER engine raises on any batch holding the word POISON, as a real bug on one input would."""
     from worker.nlp.ner import NerModel
 
-    real = NerModel.predict
+    real = NerModel.start  # predict and predict_both both begin here
 
-    def predict(self, texts, encoded=None):
+    def start(self, texts, encoded=None):
         if any("POISON" in t for t in texts):
             raise RuntimeError("engine failed on this input")
         return real(self, texts, encoded)
 
-    monkeypatch.setattr(NerModel, "predict", predict)
+    monkeypatch.setattr(NerModel, "start", start)
 
 
 @pytest.fixture

@@ -53,6 +53,16 @@ def test_ner_on_cuda_finds_the_spans_fp32_finds(tiny_models, precision):
     assert len(a & b) >= 0.9 * len(b)  # random tiny weights sit near ties; the real models are checked in bench
 
 
+def test_both_tasks_queued_together_on_cuda_give_what_each_gives_alone(tiny_models):
+    """predict_both queues the tagger's batches before it reads the sentiment model's back."""
+    from worker.nlp.ner import predict_both
+
+    s = load_sentiment(str(tiny_models["sentiment"]), device="cuda", precision="bf16")
+    n = load_ner(str(tiny_models["ner"]), device="cuda", precision="bf16")
+    texts = TEXTS * 20  # several batches of each model in flight at once
+    assert predict_both(s, n, texts) == (s.predict(texts), n.predict(texts))
+
+
 def test_auto_on_cuda_is_half_precision_with_a_gpu_sized_budget(tiny_models):
     from worker.nlp.device import pick_precision
 

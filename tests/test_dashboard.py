@@ -64,14 +64,14 @@ def fill(url: str, tiny_models, tmp_path, monkeypatch) -> dict:
     from worker.nlp.sentiment import SentimentModel
     from worker.nlp.types import Sentiment
 
-    real_sentiment = SentimentModel.predict
+    real_sentiment = SentimentModel.finish  # predict and predict_both both end here
 
-    def judge(self, texts, encoded=None):
-        out = real_sentiment(self, texts, encoded)
+    def judge(self, started):
+        out = real_sentiment(self, started)
         return [Sentiment("negative", s.probability, -abs(s.score)) if re.search(r"awful|boring", t) else s
-                for t, s in zip(texts, out)]
+                for t, s in zip(started.texts, out)]
 
-    monkeypatch.setattr(SentimentModel, "predict", judge)
+    monkeypatch.setattr(SentimentModel, "finish", judge)
     migrate.upgrade(url)
     settings = make_settings(url, tiny_models, model_dir=str(tmp_path / "versions"))
     rows = review_rows(datetime.now(timezone.utc).date())

@@ -215,3 +215,6 @@ def test_prefork_children_get_their_share_of_the_cores(migrated_pg, redis_url, t
     threads = [int(n) for n in re.findall(r"worker process \d+: (\d+) torch threads", log.read_text())]
     assert len(threads) >= 2 and set(threads) == {share}, threads
     assert f"{share} torch threads per child" in log.read_text()
+    # ...and the tokenizer's pool the same share (RAYON_NUM_THREADS), not one thread per core each.
+    assert len(re.findall(rf"worker process \d+: {share} torch threads, tokenizer threads {share}\b",
+                          log.read_text())) >= 2

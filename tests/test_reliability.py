@@ -34,14 +34,14 @@ def test_resume_after_redis_flush_loses_nothing(migrated_pg, redis_url, tiny_mod
 
 
 def test_failing_batch_is_retried_then_isolated(migrated_pg, redis_url, tiny_models, tmp_path, monkeypatch):
-    real_predict = SentimentModel.predict
+    real_start = SentimentModel.start  # predict and predict_both both begin here
 
-    def predict(self, texts, encoded=None):  # a model that breaks on one particular input
+    def start(self, texts, encoded=None):  # a model that breaks on one particular input
         if any("POISON" in t for t in texts):
             raise RuntimeError("model failed on this input")
-        return real_predict(self, texts, encoded)
+        return real_start(self, texts, encoded)
 
-    monkeypatch.setattr(SentimentModel, "predict", predict)
+    monkeypatch.setattr(SentimentModel, "start", start)
     settings = make_settings(migrated_pg, tiny_models, retry_delay=0.1, task_max_retries=2)
     env = settings_env(settings) | {"REVIEWS_RETRY_DELAY": "0.1", "REVIEWS_TASK_MAX_RETRIES": "2"}
     rows = [{"id": f"g{i}", "text": f"good review {i}"} for i in range(10)]

@@ -71,7 +71,7 @@ class Settings:
     window_stride: int = 128  # overlap between windows of long reviews
     max_review_chars: int = 100_000  # longer reviews are cut to this before analysis
     max_line_bytes: int = 1_000_000  # an input line longer than this is rejected
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    threads: int = 0  # torch intra-op threads and the tokenizer's pool (RAYON_NUM_THREADS); 0 = their defaults
     visibility_timeout: int = 3600  # seconds before Redis redelivers an unacked message
     task_max_retries: int = 3  # a failing batch is retried this often, then its reviews run one by one
     db_max_retries: int = 12  # with retry_delay 2: waits of 2, 4, ... 60 s, about 8 minutes in all

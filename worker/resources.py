@@ -38,7 +38,11 @@ class Resources:
         self._loaded: dict[int, SentimentModel | NerModel] = {}  # model_versions.id -> model
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
-        log.info("worker process %d: %d torch threads", os.getpid(), torch.get_num_threads())
+            # The tokenizer's thread pool too (read when it first starts): workers sharing a host
+            # each with a pool of every core would oversubscribe it.
+            os.environ.setdefault("RAYON_NUM_THREADS", str(settings.threads))
+        log.info("worker process %d: %d torch threads, tokenizer threads %s", os.getpid(), torch.get_num_threads(),
+                 os.environ.get("RAYON_NUM_THREADS", "all cores"))
 
     def _load(self, version) -> SentimentModel | NerModel:
         if version.id not in self._loaded:

@@ -200,18 +200,33 @@ def run_model(
     Sequence heads give one row per window; token heads give one row per content token (the
     [CLS]/[SEP] positions are dropped, so row j is the window's j-th token).
     """
+    return collect(launch(forward, tokenizer, windows, token_budget), windows, per_token)
+
+
+Queued = list[tuple[list[int], torch.Tensor]]  # (window indices, their logits, maybe still being computed)
+
+
+def launch(forward: Forward, tokenizer, windows: list[Window], token_budget: int) -> Queued:
+    """Every batch of the windows, queued on the device; on a GPU this returns before the work is
+    done, so the caller can prepare other work (predict_both: the other task) while it runs."""
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0
-    results: list[torch.Tensor | None] = [None] * len(windows)
     cuda = forward.device.type == "cuda"
-    done: list[tuple[list[int], torch.Tensor]] = []
+    queued: Queued = []
     with torch.inference_mode(), forward.context():
         for batch in token_budget_batches(windows, token_budget):
             input_ids, mask = pack(windows, batch, cls_id, sep_id, pad_id)
             full = bool(mask.all())  # read on the CPU: on a GPU it would wait for the work queued so far
             if cuda:  # queue the batch and go on packing the next while the GPU runs it
                 input_ids, mask = (t.pin_memory().to(forward.device, non_blocking=True) for t in (input_ids, mask))
-            done.append((batch, forward(input_ids, mask, full=full)))
-        for batch, logits in done:  # one wait for the GPU, after everything is queued
+            queued.append((batch, forward(input_ids, mask, full=full)))
+    return queued
+
+
+def collect(queued: Queued, windows: list[Window], per_token: bool) -> list[torch.Tensor]:
+    """run_model's result from launch's: one wait for the device, after everything is queued."""
+    results: list[torch.Tensor | None] = [None] * len(windows)
+    with torch.inference_mode():
+        for batch, logits in queued:
             logits = logits.float().cpu()
             for row, i in enumerate(batch):
                 n = len(windows[i].ids)

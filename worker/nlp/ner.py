@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -37,42 +37,45 @@ class NerModel:
     def predict(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> list[list[Entity]]:
         """encoded: the texts (cut at options.max_chars) as this model's tokenizer encodes them, with
         offsets, if at hand (predict_both)."""
+        return self.finish(self.start(texts, encoded))
+
+    def start(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> Started:
+        """predict's first half: the texts' windows queued on the device (batching.launch)."""
+        opts = self.options
+        texts = [t[: opts.max_chars] for t in texts]
         if not texts:
-            return []
-        texts = [t[: self.options.max_chars] for t in texts]
-        encoded, logits = self._token_logits(texts, encoded)
-        return self._entities(texts, encoded, logits)
+            return Started([], [], [], [])
+        if encoded is None:
+            encoded = batching.encode(self.tokenizer, texts)
+        if self.casing is not None:
+            encoded = [self._mark(text, enc) for text, enc in zip(texts, encoded)]
+        windows = batching.make_windows(encoded, opts.max_length, opts.stride)
+        return Started(texts, encoded, windows, batching.launch(self.forward, self.tokenizer, windows, opts.token_budget))
+
+    def finish(self, started: Started) -> list[list[Entity]]:
+        """predict's second half: the entities of each text once the device is done."""
+        return self._entities(started.texts, started.encoded, self._token_logits(started))
 
     def word_probabilities(self, texts: list[str]) -> list[tuple[list[tuple[int, int]], torch.Tensor]]:
         """For each text, the character span of each word and its tag probabilities ([words, tags],
         columns in self.tags' order): a teacher's soft targets, aligned to any student by characters."""
-        if not texts:
-            return []
-        texts = [t[: self.options.max_chars] for t in texts]
+        started = self.start(texts)
         out = []
-        for enc, rows in zip(*self._token_logits(texts)):
+        for enc, rows in zip(started.encoded, self._token_logits(started)):
             words = word_spans(enc, self.continues_word, self.markers)
             probs = rows.float().softmax(dim=-1)
             firsts = [first for first, _, _ in words]
             out.append(([(s, e) for _, s, e in words], probs[firsts] if firsts else probs[:0]))
         return out
 
-    def _token_logits(self, texts: list[str], encoded: list[batching.Encoded] | None = None):
-        """(encoded, logits): per text, its tokens (case-marked) and one row of tag logits per token."""
-        opts = self.options
-        if encoded is None:
-            encoded = batching.encode(self.tokenizer, texts)
-        if self.casing is not None:
-            encoded = [self._mark(text, enc) for text, enc in zip(texts, encoded)]
-        windows = batching.make_windows(encoded, opts.max_length, opts.stride)
-        logits = batching.run_model(
-            self.forward, self.tokenizer, windows, opts.token_budget, per_token=True
-        )
-        per_text: list[list[tuple[int, torch.Tensor]]] = [[] for _ in texts]
-        for w, rows in zip(windows, logits):
+    def _token_logits(self, started: Started) -> list[torch.Tensor]:
+        """Per text, one row of tag logits per token (case-marked tokens: started.encoded)."""
+        logits = batching.collect(started.queued, started.windows, per_token=True)
+        per_text: list[list[tuple[int, torch.Tensor]]] = [[] for _ in started.encoded]
+        for w, rows in zip(started.windows, logits):
             per_text[w.text_index].append((w.start, rows))
-        return encoded, [stitch(len(enc.ids), parts) if enc.ids else torch.zeros(0, len(self.tags))
-                         for enc, parts in zip(encoded, per_text)]
+        return [stitch(len(enc.ids), parts) if enc.ids else torch.zeros(0, len(self.tags))
+                for enc, parts in zip(started.encoded, per_text)]
 
     def _entities(self, texts: list[str], encoded: list[batching.Encoded], logits: list[torch.Tensor]
                   ) -> list[list[Entity]]:
@@ -199,9 +202,18 @@ def load_ner(source: str, options: EngineOptions | None = None, **changes) -> Ne
 def predict_both(sentiment, ner: NerModel, texts: list[str]):
     """(sentiments, entities) of the same texts. When both models tokenize alike (the bundled ones
     share one vocabulary), the texts are tokenized once: on a GPU, tokenizing was 10-40% of the
-    sentiment model's time (bench/RESULTS.md, "GPU")."""
+    sentiment model's time (bench/RESULTS.md, "GPU"). Both models' work is queued before either is
+    read back, so on a GPU the tagger's preparation runs while the sentiment model computes."""
+    encoded = None
     if sentiment.tokenizer_key == ner.tokenizer_key and sentiment.options.max_chars == ner.options.max_chars:
-        encoded = batching.encode(ner.tokenizer, [t[: ner.options.max_chars] for t in texts])
-        return sentiment.predict(texts, encoded), ner.predict(texts, encoded)
-    return sentiment.predict(texts), ner.predict(texts)
+        encoded = batching.encode(ner.tokenizer, [t[: ner.options.max_chars] for t in texts]) if texts else []
+    started = sentiment.start(texts, encoded), ner.start(texts, encoded)
+    return sentiment.finish(started[0]), ner.finish(started[1])
 
+
+@dataclass(frozen=True)
+class Started:
+    texts: list[str]  # cut at options.max_chars
+    encoded: list[batching.Encoded]  # case-marked
+    windows: list[batching.Window]
+    queued: batching.Queued

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -29,30 +29,49 @@ class SentimentModel:
 
     def predict(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> list[Sentiment]:
         """encoded: the texts (cut at options.max_chars) as this model's tokenizer encodes them, if at hand."""
+        return self.finish(self.start(texts, encoded))
+
+    def start(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> Started:
+        """predict's first half: the texts' windows queued on the device (batching.launch)."""
+        opts = self.options
         if not texts:
-            return []
+            return Started([], [], [], [])
+        if encoded is None:
+            encoded = batching.encode(self.tokenizer, [t[: opts.max_chars] for t in texts], offsets=False)
+        windows = batching.make_windows(encoded, opts.max_length, opts.stride)
+        return Started(texts, encoded, windows, batching.launch(self.forward, self.tokenizer, windows, opts.token_budget))
+
+    def finish(self, started: Started) -> list[Sentiment]:
+        """predict's second half: a label for each text once the device is done."""
         out = []
-        for p in self.probabilities(texts, encoded).tolist():
+        for p in self._probabilities(started).tolist():
             best = max(range(len(p)), key=p.__getitem__)
             out.append(Sentiment(label=self.labels[best], probability=p[best], score=p[self.pos] - p[self.neg]))
         return out
 
     def probabilities(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> torch.Tensor:
         """[len(texts), classes] probabilities, columns in self.labels' order; a teacher's soft targets."""
-        if not texts:
+        return self._probabilities(self.start(texts, encoded))
+
+    def _probabilities(self, started: Started) -> torch.Tensor:
+        encoded, windows = started.encoded, started.windows
+        if not encoded:
             return torch.zeros(0, len(self.labels))
-        opts = self.options
-        if encoded is None:
-            encoded = batching.encode(self.tokenizer, [t[: opts.max_chars] for t in texts], offsets=False)
-        windows = batching.make_windows(encoded, opts.max_length, opts.stride)
-        logits = batching.run_model(
-            self.forward, self.tokenizer, windows, opts.token_budget, per_token=False
-        )
-        per_text: list[list[tuple[batching.Window, torch.Tensor]]] = [[] for _ in texts]
+        logits = batching.collect(started.queued, windows, per_token=False)
+        per_text: list[list[tuple[batching.Window, torch.Tensor]]] = [[] for _ in encoded]
         for w, row in zip(windows, logits):
             per_text[w.text_index].append((w, row))
-        combined = [combine_windows(parts, len(enc.ids), opts.window_rule) for parts, enc in zip(per_text, encoded)]
+        combined = [combine_windows(parts, len(enc.ids), self.options.window_rule)
+                    for parts, enc in zip(per_text, encoded)]
         return torch.softmax(torch.stack(combined).float(), dim=-1)
+
+
+@dataclass(frozen=True)
+class Started:
+    texts: list[str]
+    encoded: list[batching.Encoded]
+    windows: list[batching.Window]
+    queued: batching.Queued
 
 
 def fit_options(options: EngineOptions, model, device) -> EngineOptions:
