@@ -67,3 +67,8 @@ echo "== benchmark" | tee -a "$OUT/gpu.txt"
 timeout "${REVIEWS_GPU_BENCH_TIMEOUT:-330}" python3 bench/gpu_bench.py --reviews "$REVIEWS_BENCH_REVIEWS" $E2E \
   --json "$OUT/gpu.json" ${REVIEWS_GPU_BENCH_ARGS:-} 2>"$OUT/gpu_bench.err" | tee -a "$OUT/gpu.txt"
 tail -30 "$OUT/gpu_bench.err"
+
+# The ceiling of one engine process on this host's CPU, however fast the GPU (a model that costs nothing).
+echo "== host side (bench/host_overhead.py)" | tee -a "$OUT/gpu.txt"
+timeout "${REVIEWS_GPU_HOST_TIMEOUT:-90}" python3 bench/host_overhead.py --reviews "$REVIEWS_BENCH_REVIEWS" \
+  --model-size tiny 2>&1 | grep -v "^Writing\|it/s" | tee -a "$OUT/gpu.txt"

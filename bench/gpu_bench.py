@@ -242,6 +242,8 @@ def main() -> None:
                              {"sentiment": best["sentiment"], "ner": best["ner"]}, workers=workers)
             out["seconds"] = table.rows[0][1]
             e2e[workers] = out
+            print(f"  end to end, {workers} worker(s): {len(texts) / out['seconds']:.0f} reviews/s", file=sys.stderr,
+                  flush=True)
 
     lines = [f"machine: {machine()}", f"date {now()}; {len(texts)} real IMDb reviews; models {args.model_size} "
              f"(random DistilBERT-base: 66M, dim {config.dim}); median of {args.rounds} rounds; "
