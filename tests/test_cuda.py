@@ -63,6 +63,20 @@ def test_both_tasks_queued_together_on_cuda_give_what_each_gives_alone(tiny_mode
     assert predict_both(s, n, texts) == (s.predict(texts), n.predict(texts))
 
 
+def test_attention_on_cuda_never_runs_cudnn_kernels(tiny_models):
+    """cuDNN's attention builds a plan for each new batch shape (fast.py): with and without padding,
+    the engine must use the kernels that need none."""
+    from torch.profiler import ProfilerActivity, profile
+
+    s = load_sentiment(str(tiny_models["sentiment"]), device="cuda", precision="bf16")
+    n = load_ner(str(tiny_models["ner"]), device="cuda", precision="bf16")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        s.predict(TEXTS), n.predict(TEXTS), s.predict(["same length"] * 3)
+    kernels = [e.key for e in prof.key_averages()]
+    assert any("attention" in k.lower() or "fmha" in k.lower() or "flash" in k.lower() for k in kernels), kernels
+    assert not [k for k in kernels if "cudnn" in k.lower()]
+
+
 def test_auto_on_cuda_is_half_precision_with_a_gpu_sized_budget(tiny_models):
     from worker.nlp.device import pick_precision
 

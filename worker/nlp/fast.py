@@ -10,16 +10,26 @@ The math is that of transformers' DistilBERT; what differs is what gets computed
   keys and values for every token but the query, the attention output, and the feed-forward block
   for [CLS] alone: about 5/6 of one layer's work is skipped.
 - Attention is torch's scaled_dot_product_attention with a key-padding mask, and no mask at all
-  when a batch has no padding (its fastest kernel).
+  when a batch has no padding (its fastest kernel). On CUDA, never cuDNN's: it builds an execution
+  plan for every new batch shape, and a worker meets new shapes all the time (on an H100 the
+  engine's first pass over 1,024 reviews ran at a third of the speed of a second over the same
+  batches; bench/RESULTS.md, "GPU"). Flash attention (no padding) and the memory-efficient kernel
+  (padding) need no plans.
 
 Any other architecture runs through transformers' own forward (see `forward_for`).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# The attention kernels allowed on CUDA: all but cuDNN's (see the module's docstring).
+CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def supports(model) -> bool:
@@ -98,8 +108,10 @@ class DistilBertForward:
             full = bool(keep.all())
         mask = None if full else keep[:, None, None, :]  # (batch, 1, 1, keys): True = attend
         last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            h = self._layer(layer, h, mask, cls_only=self.cls_only and i == last)
+        kernels = sdpa_kernel(CUDA_ATTENTION) if h.is_cuda else contextlib.nullcontext()
+        with kernels:
+            for i, layer in enumerate(self.layers):
+                h = self._layer(layer, h, mask, cls_only=self.cls_only and i == last)
         if self.per_token:
             return self.model.classifier(h.to(self.dtype)).float()
         pooled = F.relu(self.model.pre_classifier(h[:, 0].to(self.dtype)))
