@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 
@@ -107,24 +108,24 @@ class NerModel:
         named = tag[word_first] != self._o_index if self._o_index >= 0 else torch.ones_like(word_first, dtype=torch.bool)
         which = named.nonzero().squeeze(1)
         base = (torch.cumsum(lengths, 0) - lengths).tolist()
-        rows = zip(which.tolist(), text_of[word_first[which]].tolist(), word_first[which].tolist(),
-                   word_last[which].tolist(), tag[word_first[which]].tolist(), score[word_first[which]].tolist())
-        run: list = []  # consecutive named words of one text: O on both sides of the run
-        for row in rows:
-            if run and (row[1] != run[-1][1] or row[0] != run[-1][0] + 1):
-                out[run[0][1]] += self._decode_run(texts, encoded, base, run)
+        firsts = word_first[which]
+        named_words = map(_Word, which.tolist(), text_of[firsts].tolist(), firsts.tolist(),
+                          word_last[which].tolist(), tag[firsts].tolist(), score[firsts].tolist())
+        run: list[_Word] = []  # consecutive named words of one text: O on both sides of the run
+        for word in named_words:
+            if run and (word.text != run[-1].text or word.number != run[-1].number + 1):
+                out[run[0].text] += self._decode_run(texts, encoded, base, run)
                 run = []
-            run.append(row)
+            run.append(word)
         if run:
-            out[run[0][1]] += self._decode_run(texts, encoded, base, run)
+            out[run[0].text] += self._decode_run(texts, encoded, base, run)
         return out
 
-    def _decode_run(self, texts, encoded, base, run) -> list[Entity]:
-        t = run[0][1]
+    def _decode_run(self, texts, encoded, base: list[int], run: list[_Word]) -> list[Entity]:
+        t = run[0].text
         offsets = encoded[t].offsets
-        words = [(first - base[t], offsets[first - base[t]][0], offsets[last - base[t]][1])
-                 for _, _, first, last, _, _ in run]
-        return decode_bio(texts[t], words, [self.tags[r[4]] for r in run], [r[5] for r in run])
+        words = [(w.first - base[t], offsets[w.first - base[t]][0], offsets[w.last - base[t]][1]) for w in run]
+        return decode_bio(texts[t], words, [self.tags[w.tag] for w in run], [w.score for w in run])
 
     def _mark(self, text: str, enc: batching.Encoded) -> batching.Encoded:
         if self.casing.style == "added":  # nothing moves: only the ids of cased words change
@@ -209,6 +210,16 @@ def predict_both(sentiment, ner: NerModel, texts: list[str]):
         encoded = batching.encode(ner.tokenizer, [t[: ner.options.max_chars] for t in texts]) if texts else []
     started = sentiment.start(texts, encoded), ner.start(texts, encoded)
     return sentiment.finish(started[0]), ner.finish(started[1])
+
+
+class _Word(NamedTuple):
+    """A word of a call tagged other than O (NerModel._entities); token positions count over the call."""
+    number: int  # the word's place among all the call's words: consecutive numbers are neighbours
+    text: int
+    first: int  # its first token
+    last: int  # its last token (a case marker is no part of it)
+    tag: int
+    score: float
 
 
 @dataclass(frozen=True)
