@@ -206,6 +206,15 @@ def run_model(
 Queued = list[tuple[list[int], torch.Tensor]]  # (window indices, their logits, maybe still being computed)
 
 
+@dataclass(frozen=True)
+class Started:
+    """A model's predict between its two halves: what `start` prepared and queued, for `finish`."""
+    texts: list[str]
+    encoded: list[Encoded]  # as the model reads them (the tagger's case-marked)
+    windows: list[Window]
+    queued: Queued
+
+
 def launch(forward: Forward, tokenizer, windows: list[Window], token_budget: int) -> Queued:
     """Every batch of the windows, queued on the device; on a GPU this returns before the work is
     done, so the caller can prepare other work (predict_both: the other task) while it runs."""

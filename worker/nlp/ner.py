@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -40,20 +40,21 @@ class NerModel:
         offsets, if at hand (predict_both)."""
         return self.finish(self.start(texts, encoded))
 
-    def start(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> Started:
+    def start(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> batching.Started:
         """predict's first half: the texts' windows queued on the device (batching.launch)."""
         opts = self.options
         texts = [t[: opts.max_chars] for t in texts]
         if not texts:
-            return Started([], [], [], [])
+            return batching.Started([], [], [], [])
         if encoded is None:
             encoded = batching.encode(self.tokenizer, texts)
         if self.casing is not None:
             encoded = [self._mark(text, enc) for text, enc in zip(texts, encoded)]
         windows = batching.make_windows(encoded, opts.max_length, opts.stride)
-        return Started(texts, encoded, windows, batching.launch(self.forward, self.tokenizer, windows, opts.token_budget))
+        queued = batching.launch(self.forward, self.tokenizer, windows, opts.token_budget)
+        return batching.Started(texts, encoded, windows, queued)
 
-    def finish(self, started: Started) -> list[list[Entity]]:
+    def finish(self, started: batching.Started) -> list[list[Entity]]:
         """predict's second half: the entities of each text once the device is done."""
         return self._entities(started.texts, started.encoded, self._token_logits(started))
 
@@ -69,7 +70,7 @@ class NerModel:
             out.append(([(s, e) for _, s, e in words], probs[firsts] if firsts else probs[:0]))
         return out
 
-    def _token_logits(self, started: Started) -> list[torch.Tensor]:
+    def _token_logits(self, started: batching.Started) -> list[torch.Tensor]:
         """Per text, one row of tag logits per token (case-marked tokens: started.encoded)."""
         logits = batching.collect(started.queued, started.windows, per_token=True)
         per_text: list[list[tuple[int, torch.Tensor]]] = [[] for _ in started.encoded]
@@ -220,11 +221,3 @@ class _Word(NamedTuple):
     last: int  # its last token (a case marker is no part of it)
     tag: int
     score: float
-
-
-@dataclass(frozen=True)
-class Started:
-    texts: list[str]  # cut at options.max_chars
-    encoded: list[batching.Encoded]  # case-marked
-    windows: list[batching.Window]
-    queued: batching.Queued

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
@@ -31,17 +31,18 @@ class SentimentModel:
         """encoded: the texts (cut at options.max_chars) as this model's tokenizer encodes them, if at hand."""
         return self.finish(self.start(texts, encoded))
 
-    def start(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> Started:
+    def start(self, texts: list[str], encoded: list[batching.Encoded] | None = None) -> batching.Started:
         """predict's first half: the texts' windows queued on the device (batching.launch)."""
         opts = self.options
         if not texts:
-            return Started([], [], [], [])
+            return batching.Started([], [], [], [])
         if encoded is None:
             encoded = batching.encode(self.tokenizer, [t[: opts.max_chars] for t in texts], offsets=False)
         windows = batching.make_windows(encoded, opts.max_length, opts.stride)
-        return Started(texts, encoded, windows, batching.launch(self.forward, self.tokenizer, windows, opts.token_budget))
+        queued = batching.launch(self.forward, self.tokenizer, windows, opts.token_budget)
+        return batching.Started(texts, encoded, windows, queued)
 
-    def finish(self, started: Started) -> list[Sentiment]:
+    def finish(self, started: batching.Started) -> list[Sentiment]:
         """predict's second half: a label for each text once the device is done."""
         out = []
         for p in self._probabilities(started).tolist():
@@ -53,7 +54,7 @@ class SentimentModel:
         """[len(texts), classes] probabilities, columns in self.labels' order; a teacher's soft targets."""
         return self._probabilities(self.start(texts, encoded))
 
-    def _probabilities(self, started: Started) -> torch.Tensor:
+    def _probabilities(self, started: batching.Started) -> torch.Tensor:
         encoded, windows = started.encoded, started.windows
         if not encoded:
             return torch.zeros(0, len(self.labels))
@@ -64,14 +65,6 @@ class SentimentModel:
         combined = [combine_windows(parts, len(enc.ids), self.options.window_rule)
                     for parts, enc in zip(per_text, encoded)]
         return torch.softmax(torch.stack(combined).float(), dim=-1)
-
-
-@dataclass(frozen=True)
-class Started:
-    texts: list[str]
-    encoded: list[batching.Encoded]
-    windows: list[batching.Window]
-    queued: batching.Queued
 
 
 def fit_options(options: EngineOptions, model, device) -> EngineOptions:
