@@ -370,19 +370,19 @@ def test_auto_precision_is_measured_on_the_model_and_never_int8_for_training(tin
         assert loader(str(tiny_models[task])).precision in precision.candidates(task)
 
 
-def test_int8_is_not_picked_where_its_kernels_cannot_compile(monkeypatch, caplog):
+def test_int8_is_not_picked_where_its_kernels_cannot_be_built(monkeypatch, caplog, tmp_path):
     from worker.nlp import device as dev
-    from worker.nlp import int8
+    from worker.nlp import int8, native
 
-    def no_compiler(*args, **kwargs):
-        raise RuntimeError("no C++ compiler")
+    def load_without_a_compiler():  # a fresh REVIEWS_HOME, on an image without g++
+        native.build(tmp_path / "kernels.so", str(tmp_path / "no-such-g++"))
 
-    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(native, "load", load_without_a_compiler)
     monkeypatch.setattr(dev, "cpu_has_vnni", lambda: True)
     int8.available.cache_clear()
     try:
         assert not int8.available()
-        assert "no C++ compiler" in caplog.text
+        assert "int8 inference unavailable (BuildError: cannot run" in caplog.text
         assert dev.pick_precision("auto", torch.device("cpu"), "sentiment") != "int8"
         from worker.nlp import precision
 

@@ -35,3 +35,5 @@ def test_wheel_install_loads_the_bundled_models(tmp_path):
     assert out.returncode == 0, out.stderr
     path, label, _ = out.stdout.split()
     assert path.startswith(str(site)) and label == "positive"
+    # int8's kernels are built from their source on the user's host (worker/nlp/native.py)
+    assert (site / "worker" / "nlp" / "int8_kernels.cpp").is_file()

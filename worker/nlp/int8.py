@@ -6,9 +6,9 @@ large activations coarsens every other token's; on the bundled sentiment model i
 on 96.3% of labels. One scale per token (and per weight row) agreed on 99.5-99.7% (bench/RESULTS.md).
 
 The quantize and dequantize steps are elementwise passes over the activations; in eager torch they
-take several passes each and cost more than the int8 product saves, so they are compiled
-(torch.compile fuses each into one pass). Where compiling is impossible (no C++ compiler in the
-image), `available()` is False and "auto" precision does not pick int8.
+take several passes each and cost more than the int8 product saves, so each is one C++ kernel
+(int8_kernels.cpp, built once per host by native.py). Where it cannot be built (no C++ compiler in
+the image), `available()` is False and "auto" precision does not pick int8.
 """
 
 from __future__ import annotations
@@ -20,55 +20,26 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from . import native
 from .cpu import DTYPES, cpu_float_precision
 
 log = logging.getLogger(__name__)
 
 
-def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per row: x ~ q * scale, scale of shape (rows, 1)."""
-    x = x.float()
-    scale = x.abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
-    return (x / scale).round().to(torch.int8), scale
-
-
-def _quantize_rows_centered(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """int8 per row around the row's midrange: x ~ q * scale + mid. For one-sided inputs (after
-    GELU: from -0.17 up) this spends all 256 levels on the range the values occupy, not half."""
-    x = x.float()
-    hi, lo = x.amax(-1, keepdim=True), x.amin(-1, keepdim=True)
-    mid = (hi + lo) / 2
-    scale = ((hi - lo) / 2).clamp(min=1e-8) / 127
-    return ((x - mid) / scale).round().to(torch.int8), scale, mid
-
-
-def _dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor,
-                dtype: torch.dtype) -> torch.Tensor:
-    return (acc.float() * row_scale * col_scale + bias).to(dtype)
-
-
-def _dequantize_centered(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor,
-                         mid: torch.Tensor, weight_sum: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """W (q * scale + mid) + b = (W q) * scale + mid * (row sums of W) + b."""
-    return (acc.float() * row_scale * col_scale + mid * weight_sum + bias).to(dtype)
-
-
-_kernels = {"quantize": _quantize_rows, "dequantize": _dequantize,
-            "quantize_centered": _quantize_rows_centered, "dequantize_centered": _dequantize_centered}
+def _ops():
+    return getattr(torch.ops, native.NAMESPACE)
 
 
 @lru_cache(maxsize=1)
 def available() -> bool:
-    """True when torch has a CPU int8 product and the fused quantize/dequantize steps compile here
-    (all four are compiled and checked now, so a worker finds out at load time, not in a batch)."""
+    """True when torch has a CPU int8 product and the quantize/dequantize kernels load here (built
+    on first use and checked now, so a worker finds out at load time, not in a batch)."""
     if not hasattr(torch, "_int_mm"):
         return False
     try:
-        compiled = {name: torch.compile(fn, dynamic=True) for name, fn in _kernels.items()}
-        # Called as the engine calls them, so that these compilations are the ones it uses: weights,
-        # scales and bias made outside inference mode (like a model's buffers), activations in the
-        # engine's dtype inside it, and no two sizes equal (torch would specialize on the equality).
-        dtype = DTYPES[cpu_float_precision()]
+        native.load()
+        ops = _ops()
+        dtype = DTYPES[cpu_float_precision()]  # the activations' dtype under int8
         gen = torch.Generator().manual_seed(0)
         x, w = torch.randn(24, 32, generator=gen), torch.randn(40, 32, generator=gen)
         col_scale = w.abs().amax(1) / 127
@@ -76,18 +47,16 @@ def available() -> bool:
         weights_t, w = w_int.to(torch.int8).t().contiguous(), w_int * col_scale[:, None]
         bias, weight_sum = torch.zeros(40), w.sum(1)
         with torch.inference_mode():  # products of about +-6
-            xq, xs = compiled["quantize"](x.to(dtype))
-            y = compiled["dequantize"](torch._int_mm(xq, weights_t), xs, col_scale, bias, dtype)
-            cq, cs, mid = compiled["quantize_centered"](x.to(dtype) + 1)
-            z = compiled["dequantize_centered"](torch._int_mm(cq, weights_t), cs, col_scale, bias, mid, weight_sum,
-                                                dtype)
+            xq, xs = ops.quantize(x.to(dtype))
+            y = ops.dequantize(torch._int_mm(xq, weights_t), xs, col_scale, bias, dtype)
+            cq, cs, mid = ops.quantize_centered(x.to(dtype) + 1)
+            z = ops.dequantize_centered(torch._int_mm(cq, weights_t), cs, col_scale, bias, mid, weight_sum, dtype)
         right = torch.allclose(y.float(), x @ w.t(), atol=0.5) and torch.allclose(z.float(), (x + 1) @ w.t(), atol=0.5)
         if not right:
-            raise RuntimeError("compiled int8 kernels gave wrong results")
+            raise RuntimeError("the int8 kernels gave wrong results")
     except Exception as exc:  # no compiler, an unsupported platform, ...: fall back, say why once
         log.warning("int8 inference unavailable (%s: %s); using bf16/fp32", type(exc).__name__, exc)
         return False
-    _kernels.update(compiled)
     return True
 
 
@@ -109,15 +78,16 @@ class Int8Linear(nn.Module):
         self.centered = centered
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).contiguous()  # one compiled kernel for every layout
+        rows = x.reshape(-1, self.in_features).contiguous()
+        ops = _ops()
         if self.centered:
-            q, scale, mid = _kernels["quantize_centered"](rows)
+            q, scale, mid = ops.quantize_centered(rows)
             acc = torch._int_mm(q, self.weight_t)
-            y = _kernels["dequantize_centered"](acc, scale, self.col_scale, self.bias, mid, self.weight_sum, x.dtype)
+            y = ops.dequantize_centered(acc, scale, self.col_scale, self.bias, mid, self.weight_sum, x.dtype)
         else:
-            q, scale = _kernels["quantize"](rows)
+            q, scale = ops.quantize(rows)
             acc = torch._int_mm(q, self.weight_t)
-            y = _kernels["dequantize"](acc, scale, self.col_scale, self.bias, x.dtype)
+            y = ops.dequantize(acc, scale, self.col_scale, self.bias, x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -133,7 +103,7 @@ def quantize_linears(model: nn.Module, keep: tuple[str, ...] = ("classifier",),
     around its midrange. Returns how many were replaced."""
     from .fast import replace_linears
 
-    available()  # compile the kernels now, not in the first batch
+    available()  # build or load the kernels now, not in the first batch
     return replace_linears(model, lambda linear, full: Int8Linear(linear, centered=full.endswith(centered)), keep)
 
 

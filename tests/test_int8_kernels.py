@@ -1,0 +1,137 @@
+"""The C++ int8 kernels (worker/nlp/int8_kernels.cpp, built by worker/nlp/native.py) against the
+same math in plain torch, and the build cache: built once per host, then loaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.nlp import int8, native
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not int8.available(), reason="no int8 kernels here (torch._int_mm or a C++ compiler missing)")
+
+
+def ops():
+    return getattr(torch.ops, native.NAMESPACE)
+
+
+# The reference: what int8.py computed with torch ops before the kernels were C++.
+def quantize_ref(x):
+    x = x.float()
+    scale = x.abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
+    return (x / scale).round().to(torch.int8), scale
+
+
+def quantize_centered_ref(x):
+    x = x.float()
+    hi, lo = x.amax(-1, keepdim=True), x.amin(-1, keepdim=True)
+    mid = (hi + lo) / 2
+    scale = ((hi - lo) / 2).clamp(min=1e-8) / 127
+    return ((x - mid) / scale).round().to(torch.int8), scale, mid
+
+
+def dequantize_ref(acc, row_scale, col_scale, bias, dtype, mid=None, weight_sum=None):
+    y = acc.float() * row_scale * col_scale
+    if mid is not None:
+        y = y + mid * weight_sum
+    return (y + bias).to(dtype)
+
+
+DTYPES = st.sampled_from([torch.float32, torch.bfloat16])
+
+
+@st.composite
+def activations(draw):
+    """Rows of any width (vector lengths and their remainders), values from zero rows to large
+    outliers, as a fixed-seed random tensor scaled per row."""
+    rows, width = draw(st.integers(1, 40)), draw(st.integers(1, 130))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(rows, width, generator=gen)
+    scales = draw(st.lists(st.sampled_from([0.0, 1e-12, 1e-3, 1.0, 37.5, 1e4]), min_size=rows, max_size=rows))
+    x = x * torch.tensor(scales)[:, None] + draw(st.sampled_from([0.0, -0.17, 3.0]))
+    return x.to(draw(DTYPES))
+
+
+@settings(max_examples=150, deadline=None)
+@given(x=activations())
+def test_quantize_matches_torch(x):
+    with torch.inference_mode():
+        q, scale = ops().quantize(x)
+        q_ref, scale_ref = quantize_ref(x)
+        assert torch.equal(scale, scale_ref)
+        assert torch.equal(q, q_ref)
+        qc, scale_c, mid = ops().quantize_centered(x)
+        qc_ref, scale_c_ref, mid_ref = quantize_centered_ref(x)
+        assert torch.equal(mid, mid_ref) and torch.equal(scale_c, scale_c_ref)
+        assert torch.equal(qc, qc_ref)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.integers(1, 40), width=st.integers(1, 130), seed=st.integers(0, 2**31 - 1), dtype=DTYPES,
+       centered=st.booleans())
+def test_dequantize_matches_torch(rows, width, seed, dtype, centered):
+    gen = torch.Generator().manual_seed(seed)
+    acc = torch.randint(-2**20, 2**20, (rows, width), generator=gen, dtype=torch.int32)
+    row_scale, col_scale = torch.rand(rows, 1, generator=gen) / 100, torch.rand(width, generator=gen) / 100
+    bias, mid, weight_sum = torch.randn(width, generator=gen), torch.randn(rows, 1, generator=gen), torch.randn(width, generator=gen)
+    with torch.inference_mode():
+        if centered:
+            got = ops().dequantize_centered(acc, row_scale, col_scale, bias, mid, weight_sum, dtype)
+            ref = dequantize_ref(acc, row_scale, col_scale, bias, dtype, mid, weight_sum)
+        else:
+            got = ops().dequantize(acc, row_scale, col_scale, bias, dtype)
+            ref = dequantize_ref(acc, row_scale, col_scale, bias, dtype)
+    assert got.dtype == dtype and got.shape == (rows, width)
+    # The same products, in another order of rounding (the compiler fuses a multiply and an add):
+    # within one unit in the last place of the output's dtype.
+    ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -20
+    assert torch.allclose(got.float(), ref.float(), rtol=ulp, atol=1e-6)
+
+
+def test_bad_arguments_are_refused_with_a_message():
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="contiguous 2-d CPU tensor"):
+            ops().quantize(torch.randn(4, 6).t())
+        with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+            ops().quantize(torch.randn(4, 6).half())
+        acc = torch.zeros(3, 5, dtype=torch.int32)
+        with pytest.raises(RuntimeError, match="shapes differ"):
+            ops().dequantize(acc, torch.ones(3, 1), torch.ones(4), torch.zeros(5), torch.float32)
+
+
+def test_the_library_is_built_once_per_home_then_loaded(tmp_path):
+    """A fresh REVIEWS_HOME builds the library (logged); the next process loads it without building."""
+    code = ("import logging, time; logging.basicConfig(level=logging.INFO); t = time.perf_counter(); "
+            "from worker.nlp import int8; ok = int8.available(); "
+            "print('available', ok, 'seconds %.3f' % (time.perf_counter() - t))")
+    env = os.environ | {"REVIEWS_HOME": str(tmp_path / "home")}
+
+    def start():
+        return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    first, second = start(), start()
+    assert "available True" in first.stdout, first.stderr
+    assert "building the int8 kernels" in first.stderr
+    assert len(list((tmp_path / "home" / "cache" / "kernels").glob("*.so"))) == 1
+    assert "available True" in second.stdout, second.stderr
+    assert "building" not in second.stderr
+
+
+def test_a_failed_build_names_the_compiler_and_leaves_nothing(tmp_path):
+    broken = tmp_path / "g++"
+    broken.write_text("#!/bin/sh\necho 'fatal error: torch/library.h: No such file or directory' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    out = tmp_path / "kernels" / "lib.so"
+    with pytest.raises(native.BuildError, match=r"g\+\+ failed \(exit 1\): fatal error: torch/library.h"):
+        native.build(out, str(broken))
+    assert list(out.parent.iterdir()) == []  # no half-written library for the next start to load
