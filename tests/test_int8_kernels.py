@@ -1,5 +1,5 @@
-"""The C++ int8 kernels (worker/nlp/int8_kernels.cpp, built by worker/nlp/native.py) against the
-same math in plain torch, and the build cache: built once per host, then loaded."""
+"""The C++ int8 kernels (worker/nlp/int8_kernels.cpp, built and called by worker/nlp/native.py)
+against the same math in plain torch, and the build cache: built once per host, then loaded."""
 
 from __future__ import annotations
 
@@ -18,10 +18,6 @@ from worker.nlp import int8, native
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not int8.available(), reason="no int8 kernels here (torch._int_mm or a C++ compiler missing)")
-
-
-def ops():
-    return getattr(torch.ops, native.NAMESPACE)
 
 
 # The reference: what int8.py computed with torch ops before the kernels were C++.
@@ -65,11 +61,11 @@ def activations(draw):
 @given(x=activations())
 def test_quantize_matches_torch(x):
     with torch.inference_mode():
-        q, scale = ops().quantize(x)
+        q, scale = native.quantize(x)
         q_ref, scale_ref = quantize_ref(x)
         assert torch.equal(scale, scale_ref)
         assert torch.equal(q, q_ref)
-        qc, scale_c, mid = ops().quantize_centered(x)
+        qc, scale_c, mid = native.quantize(x, centered=True)
         qc_ref, scale_c_ref, mid_ref = quantize_centered_ref(x)
         assert torch.equal(mid, mid_ref) and torch.equal(scale_c, scale_c_ref)
         assert torch.equal(qc, qc_ref)
@@ -85,10 +81,10 @@ def test_dequantize_matches_torch(rows, width, seed, dtype, centered):
     bias, mid, weight_sum = torch.randn(width, generator=gen), torch.randn(rows, 1, generator=gen), torch.randn(width, generator=gen)
     with torch.inference_mode():
         if centered:
-            got = ops().dequantize_centered(acc, row_scale, col_scale, bias, mid, weight_sum, dtype)
+            got = native.dequantize(acc, row_scale, col_scale, bias, dtype, mid, weight_sum)
             ref = dequantize_ref(acc, row_scale, col_scale, bias, dtype, mid, weight_sum)
         else:
-            got = ops().dequantize(acc, row_scale, col_scale, bias, dtype)
+            got = native.dequantize(acc, row_scale, col_scale, bias, dtype)
             ref = dequantize_ref(acc, row_scale, col_scale, bias, dtype)
     assert got.dtype == dtype and got.shape == (rows, width)
     # The same products, in another order of rounding (the compiler fuses a multiply and an add):
@@ -98,14 +94,17 @@ def test_dequantize_matches_torch(rows, width, seed, dtype, centered):
 
 
 def test_bad_arguments_are_refused_with_a_message():
-    with torch.inference_mode():
-        with pytest.raises(RuntimeError, match="contiguous 2-d CPU tensor"):
-            ops().quantize(torch.randn(4, 6).t())
-        with pytest.raises(RuntimeError, match="float32 or bfloat16"):
-            ops().quantize(torch.randn(4, 6).half())
-        acc = torch.zeros(3, 5, dtype=torch.int32)
-        with pytest.raises(RuntimeError, match="shapes differ"):
-            ops().dequantize(acc, torch.ones(3, 1), torch.ones(4), torch.zeros(5), torch.float32)
+    with pytest.raises(ValueError, match="contiguous 2-d CPU tensor, got shape \\(6, 4\\) on cpu, not contiguous"):
+        native.quantize(torch.randn(4, 6).t())
+    with pytest.raises(ValueError, match="float32 or bfloat16 activations, got torch.float16"):
+        native.quantize(torch.randn(4, 6).half())
+    acc = torch.zeros(3, 5, dtype=torch.int32)
+    with pytest.raises(ValueError, match="col_scale must be 5 contiguous float32 values, got 4"):
+        native.dequantize(acc, torch.ones(3, 1), torch.ones(4), torch.zeros(5), torch.float32)
+    with pytest.raises(ValueError, match="mid and weight_sum go together"):
+        native.dequantize(acc, torch.ones(3, 1), torch.ones(5), torch.zeros(5), torch.float32, mid=torch.ones(3, 1))
+    with pytest.raises(ValueError, match="int32 CPU products"):
+        native.dequantize(acc.float(), torch.ones(3, 1), torch.ones(5), torch.zeros(5), torch.float32)
 
 
 def test_the_library_is_built_once_per_home_then_loaded(tmp_path):
@@ -121,7 +120,7 @@ def test_the_library_is_built_once_per_home_then_loaded(tmp_path):
 
     first, second = start(), start()
     assert "available True" in first.stdout, first.stderr
-    assert "building the int8 kernels" in first.stderr
+    assert "building the int8 kernels" in first.stderr and "int8 kernels built in" in first.stderr
     assert len(list((tmp_path / "home" / "cache" / "kernels").glob("*.so"))) == 1
     assert "available True" in second.stdout, second.stderr
     assert "building" not in second.stderr

@@ -377,7 +377,7 @@ def test_int8_is_not_picked_where_its_kernels_cannot_be_built(monkeypatch, caplo
     def load_without_a_compiler():  # a fresh REVIEWS_HOME, on an image without g++
         native.build(tmp_path / "kernels.so", str(tmp_path / "no-such-g++"))
 
-    monkeypatch.setattr(native, "load", load_without_a_compiler)
+    monkeypatch.setattr(native, "library", load_without_a_compiler)
     monkeypatch.setattr(dev, "cpu_has_vnni", lambda: True)
     int8.available.cache_clear()
     try:

@@ -26,10 +26,6 @@ from .cpu import DTYPES, cpu_float_precision
 log = logging.getLogger(__name__)
 
 
-def _ops():
-    return getattr(torch.ops, native.NAMESPACE)
-
-
 @lru_cache(maxsize=1)
 def available() -> bool:
     """True when torch has a CPU int8 product and the quantize/dequantize kernels load here (built
@@ -37,8 +33,7 @@ def available() -> bool:
     if not hasattr(torch, "_int_mm"):
         return False
     try:
-        native.load()
-        ops = _ops()
+        native.library()
         dtype = DTYPES[cpu_float_precision()]  # the activations' dtype under int8
         gen = torch.Generator().manual_seed(0)
         x, w = torch.randn(24, 32, generator=gen), torch.randn(40, 32, generator=gen)
@@ -47,10 +42,10 @@ def available() -> bool:
         weights_t, w = w_int.to(torch.int8).t().contiguous(), w_int * col_scale[:, None]
         bias, weight_sum = torch.zeros(40), w.sum(1)
         with torch.inference_mode():  # products of about +-6
-            xq, xs = ops.quantize(x.to(dtype))
-            y = ops.dequantize(torch._int_mm(xq, weights_t), xs, col_scale, bias, dtype)
-            cq, cs, mid = ops.quantize_centered(x.to(dtype) + 1)
-            z = ops.dequantize_centered(torch._int_mm(cq, weights_t), cs, col_scale, bias, mid, weight_sum, dtype)
+            xq, xs = native.quantize(x.to(dtype))
+            y = native.dequantize(torch._int_mm(xq, weights_t), xs, col_scale, bias, dtype)
+            cq, cs, mid = native.quantize((x + 1).to(dtype), centered=True)
+            z = native.dequantize(torch._int_mm(cq, weights_t), cs, col_scale, bias, dtype, mid, weight_sum)
         right = torch.allclose(y.float(), x @ w.t(), atol=0.5) and torch.allclose(z.float(), (x + 1) @ w.t(), atol=0.5)
         if not right:
             raise RuntimeError("the int8 kernels gave wrong results")
@@ -79,15 +74,13 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).contiguous()
-        ops = _ops()
         if self.centered:
-            q, scale, mid = ops.quantize_centered(rows)
-            acc = torch._int_mm(q, self.weight_t)
-            y = ops.dequantize_centered(acc, scale, self.col_scale, self.bias, mid, self.weight_sum, x.dtype)
+            q, scale, mid = native.quantize(rows, centered=True)
+            y = native.dequantize(torch._int_mm(q, self.weight_t), scale, self.col_scale, self.bias, x.dtype, mid,
+                                  self.weight_sum)
         else:
-            q, scale = ops.quantize(rows)
-            acc = torch._int_mm(q, self.weight_t)
-            y = ops.dequantize(acc, scale, self.col_scale, self.bias, x.dtype)
+            q, scale = native.quantize(rows)
+            y = native.dequantize(torch._int_mm(q, self.weight_t), scale, self.col_scale, self.bias, x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -1,18 +1,21 @@
-"""The C++ kernels of int8.py (int8_kernels.cpp): built once per host, kept in REVIEWS_HOME, loaded
-as torch ops (torch.ops.reviews_int8.*).
+"""The C++ kernels of int8.py (int8_kernels.cpp): built once per host, kept in REVIEWS_HOME, called
+through ctypes on tensors' memory.
 
 Why not torch.compile, which built them before: it compiled the four kernels again in every new
 process, 5.5-6.8 s of each worker's start on an int8 host (2.8 s of it importing torch's compiler),
-and its kernels ran slower than these (bench/RESULTS.md). A built library loads in milliseconds.
+and its kernels ran slower than these (bench/RESULTS.md). The source uses no torch headers, so the
+build takes about a second, and a built library loads in milliseconds.
 
 The build uses the host's C++ compiler (CXX, else g++, else c++) with -march=native, so the library
-is specific to the CPU: its file name carries a hash of the source, torch's version and ABI, the
-compiler, the flags, the CPU model and its feature flags. A host that differs in any of those
-builds its own (about 7-12 s, once); a lock makes processes that start together build it once.
+is specific to the CPU: its file name carries a hash of the source, the compiler, the flags, the CPU
+model and its feature flags. A host that differs in any of those builds its own; a lock makes
+processes that start together build it once. OpenMP shares each call's rows among torch's threads
+(torch.get_num_threads), in torch's own OpenMP runtime (the same libgomp soname, loaded once).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -20,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -30,13 +34,21 @@ from .precision_cache import locked
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("int8_kernels.cpp")
-NAMESPACE = "reviews_int8"
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++20", "-w")
-BUILD_TIMEOUT_S = 600
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+BUILD_TIMEOUT_S = 120
+
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SIGNATURES = {
+    # x, rows, k, q, scale, mid (or NULL), threads
+    "quantize": (_P, _I64, _I64, _P, _P, _P, _INT),
+    # acc, rows, n, row_scale, col_scale, bias, mid (or NULL), weight_sum (or NULL), out, threads
+    "dequantize": (_P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT),
+}
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
 class BuildError(RuntimeError):
-    """The kernels could not be built here: no compiler, no headers, a compiler error."""
+    """The kernels could not be built here: no compiler, a compiler error."""
 
 
 def compiler() -> str:
@@ -48,30 +60,25 @@ def compiler() -> str:
 
 
 def library_path(cxx: str) -> Path:
-    """Where the library built by `cxx` for this source, torch and CPU lives."""
+    """Where the library built by `cxx` for this source and CPU lives."""
     from ..config import home_dir
 
-    parts = [SOURCE.read_bytes(), torch.__version__.encode(), str(torch._C._GLIBCXX_USE_CXX11_ABI).encode(),
-             cxx.encode(), " ".join(FLAGS).encode(), cpu_model_name().encode(), " ".join(sorted(cpu_flags())).encode()]
+    parts = [SOURCE.read_bytes(), cxx.encode(), " ".join(FLAGS).encode(), cpu_model_name().encode(),
+             " ".join(sorted(cpu_flags())).encode()]
     digest = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    return home_dir() / "cache" / "kernels" / f"{NAMESPACE}-{digest}.so"
+    return home_dir() / "cache" / "kernels" / f"int8-{digest}.so"
 
 
 def build(out: Path, cxx: str) -> float:
     """Compile the source into `out` (through a temporary file: a reader never sees half a library).
     Returns the seconds it took."""
-    from torch.utils import cpp_extension  # build-time only: it imports setuptools
-
     out.parent.mkdir(parents=True, exist_ok=True)
-    libs = cpp_extension.library_paths()
     fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".so", dir=out.parent)
     os.close(fd)
-    cmd = [cxx, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-           *(f"-I{p}" for p in cpp_extension.include_paths()), str(SOURCE), "-o", tmp,
-           *(f"-L{p}" for p in libs), "-lc10", "-ltorch_cpu", *(f"-Wl,-rpath,{p}" for p in libs)]
     started = time.perf_counter()
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        done = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+                              timeout=BUILD_TIMEOUT_S)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
             raise BuildError(f"{Path(cxx).name} failed (exit {done.returncode}): " + " | ".join(tail))
@@ -86,19 +93,69 @@ def build(out: Path, cxx: str) -> float:
     return time.perf_counter() - started
 
 
-def loaded() -> bool:
-    return hasattr(torch.ops, NAMESPACE) and hasattr(getattr(torch.ops, NAMESPACE), "quantize")
-
-
-def load() -> None:
-    """Make torch.ops.reviews_int8 available: the cached library, or one built now. Raises BuildError."""
-    if loaded():  # a namespace registers once per process
-        return
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL:
+    """The loaded kernels: the cached library, or one built now. Raises BuildError."""
     cxx = compiler()
     path = library_path(cxx)
     if not path.exists():
         with locked(path):  # another process may be building it
             if not path.exists():
-                log.info("building the int8 kernels for this host (once per CPU and torch version): %s", path)
+                log.info("building the int8 kernels for this CPU (once): %s", path)
                 log.info("int8 kernels built in %.1f s", build(path, cxx))
-    torch.ops.load_library(str(path))
+    lib = ctypes.CDLL(str(path))
+    for kind, argtypes in _SIGNATURES.items():
+        for suffix in _SUFFIX.values():
+            fn = getattr(lib, f"reviews_{kind}_{suffix}")
+            fn.argtypes, fn.restype = argtypes, None
+    return lib
+
+
+def _rows(x: torch.Tensor, name: str) -> None:
+    if x.dim() != 2 or not x.is_contiguous() or x.device.type != "cpu":
+        raise ValueError(f"{name}: needs a contiguous 2-d CPU tensor, got shape {tuple(x.shape)} on {x.device}"
+                         f"{'' if x.is_contiguous() else ', not contiguous'}")
+    if x.dtype not in _SUFFIX:
+        raise ValueError(f"{name}: float32 or bfloat16 activations, got {x.dtype}")
+
+
+def _floats(name: str, n: int, **tensors: torch.Tensor) -> None:
+    for label, t in tensors.items():
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != n:
+            raise ValueError(f"{name}: {label} must be {n} contiguous float32 values, got {t.numel()} {t.dtype}")
+
+
+def quantize(x: torch.Tensor, centered: bool = False):
+    """Per row: (q int8, scale (rows, 1)) with x ~ q * scale; centered: (q, scale, mid), x ~ q * scale + mid."""
+    _rows(x, "quantize")
+    rows, k = x.shape
+    q = torch.empty((rows, k), dtype=torch.int8)
+    scale = torch.empty((rows, 1), dtype=torch.float32)
+    mid = torch.empty((rows, 1), dtype=torch.float32) if centered else None
+    getattr(library(), f"reviews_quantize_{_SUFFIX[x.dtype]}")(
+        x.data_ptr(), rows, k, q.data_ptr(), scale.data_ptr(), None if mid is None else mid.data_ptr(),
+        torch.get_num_threads())
+    return (q, scale, mid) if centered else (q, scale)
+
+
+def dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor,
+               dtype: torch.dtype, mid: torch.Tensor | None = None, weight_sum: torch.Tensor | None = None):
+    """acc * row_scale * col_scale (+ mid * weight_sum) + bias, in `dtype`: the int32 products back."""
+    if acc.dim() != 2 or not acc.is_contiguous() or acc.dtype != torch.int32 or acc.device.type != "cpu":
+        raise ValueError(f"dequantize: needs contiguous 2-d int32 CPU products, got {tuple(acc.shape)} {acc.dtype}")
+    if dtype not in _SUFFIX:
+        raise ValueError(f"dequantize: float32 or bfloat16 output, not {dtype}")
+    rows, n = acc.shape
+    _floats("dequantize", rows, row_scale=row_scale)
+    _floats("dequantize", n, col_scale=col_scale, bias=bias)
+    if (mid is None) != (weight_sum is None):
+        raise ValueError("dequantize: mid and weight_sum go together")
+    if mid is not None:
+        _floats("dequantize", rows, mid=mid)
+        _floats("dequantize", n, weight_sum=weight_sum)
+    out = torch.empty((rows, n), dtype=dtype)
+    getattr(library(), f"reviews_dequantize_{_SUFFIX[dtype]}")(
+        acc.data_ptr(), rows, n, row_scale.data_ptr(), col_scale.data_ptr(), bias.data_ptr(),
+        None if mid is None else mid.data_ptr(), None if weight_sum is None else weight_sum.data_ptr(),
+        out.data_ptr(), torch.get_num_threads())
+    return out
