@@ -183,20 +183,22 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="reviews-scale-"))
     env = {**os.environ, "REVIEWS_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB_NAME}",
            "REVIEWS_BROKER_URL": BROKER, "REVIEWS_BATCH_SIZE": str(args.batch_size), "REVIEWS_LANGUAGES": "all",
-           "REVIEWS_HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT)}
+           "REVIEWS_HOME": str(tmp / "home"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     print(f"host: {machine()}")
     print(f"{args.reviews} reviews of {args.tokens} words, {args.entities} entities each, batches of "
           f"{args.batch_size}, stub cost {args.us_per_token:g} us/token (slept)")
     rows = []
-    print(f"{'workers':>7} {'rollups':>7} {'reviews/s':>10} {'seconds':>8} {'analyse s':>10} {'write s':>8} "
-          f"{'jobs s':>7} {'write share':>11}")
+    print(f"{'workers':>7} {'rollups':>7} {'reviews/s':>10} {'seconds':>8} {'enqueue s':>9} {'analyse s':>10} "
+          f"{'write s':>8} {'jobs s':>7} {'write share':>11}")
     for n in args.workers:
         for rollups in (True, False) if args.compare_rollups else (True,):
             r = measure(n, args, env, tmp, rollups)
             rows.append(r)
             share = r["write"] / max(r["analyse"], 1e-9)
             print(f"{n:>7} {'on' if rollups else 'off':>7} {r['reviews_per_s']:>10.0f} {r['seconds']:>8.1f} "
-                  f"{r['analyse']:>10.1f} {r['write']:>8.1f} {r['bookkeeping']:>7.1f} {share:>11.0%}", flush=True)
+                  f"{r['enqueue_s']:>9.1f} {r['analyse']:>10.1f} {r['write']:>8.1f} {r['bookkeeping']:>7.1f} "
+                  f"{share:>11.0%}", flush=True)
     rows = [r for r in rows if r["rollups"]]  # the plot: as shipped
     admin(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
     try:
