@@ -6,7 +6,7 @@ attention, per precision. It bounds what any engine can gain over float32 here.
 Linear: the shapes of DistilBERT-base (768 -> 768 for q/k/v/out, 768 -> 3072 for the feed-forward),
 rows = tokens in a batch. Attention: torch's scaled_dot_product_attention, 12 heads of 64.
 Also int8: torch.ao's dynamic quantization (one activation scale per batch), and the engine's
-int8.Int8Linear (one scale per token, compiled quantize/dequantize around torch._int_mm), each timed
+int8.Int8Linear (one scale per token, C++ quantize/dequantize around torch._int_mm), each timed
 whole, quantizing included.
 """
 

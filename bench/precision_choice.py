@@ -9,7 +9,7 @@ each precision's time on the timed batches and its agreement with fp32, the pick
 that changes between repeats means the candidates are within the noise of the machine), the share of
 the CPUs that other processes used meanwhile ("others": over 25%, a worker would not cache it), and the time
 of a load that finds the choice in the cache against a load at a fixed precision. The one-time
-compilation of the int8 kernels (int8.available(), once per process, also paid by any int8 model)
+build or load of the int8 kernels (int8.available(), once per process, also paid by any int8 model)
 is timed apart.
 """
 
@@ -49,7 +49,7 @@ def main() -> None:
     print(f"# precision auto, measured afresh {args.repeats} times per model; {machine()}; {now()}")
     started = time.perf_counter()
     available = int8.available()
-    print(f"# int8 kernels {'compiled' if available else 'unavailable'} in {time.perf_counter() - started:.1f} s "
+    print(f"# int8 kernels {'loaded' if available else 'unavailable'} in {time.perf_counter() - started:.1f} s "
           f"(once per process); candidates: sentiment {precision.candidates('sentiment')}, "
           f"NER {precision.candidates('ner')}")
     print(f"{'model':9} {'task':9} {'measure s':>9}  {'per precision: ms on the timed batches, agreement':58} "

@@ -6,7 +6,7 @@ tile units run bf16 products faster than torch._int_mm runs int8. So `choose` ti
 forward (batching.Forward, as serving runs it) on the loaded model, on synthetic token ids at the
 shapes the engine batches (one batch of 1024 padded tokens of 128-token windows, one of 512-token
 windows, after a one-window warm-up), for every candidate: fp32 always (also the reference), bf16
-where the CPU has fast bf16 products (cpu.cpu_has_fast_bf16), int8 where its kernels compile here.
+where the CPU has fast bf16 products (cpu.cpu_has_fast_bf16), int8 where its kernels build here.
 
 A candidate is kept only if it agrees with fp32 on those inputs: the sentiment head's argmax on
 every window whose fp32 margin is not a near-tie, NER tags on >= 99% of the tokens that either
@@ -99,7 +99,7 @@ def choose(model, tokenizer, device: torch.device, task: str) -> str:
             log.info("precision for %s: %s (measured %s, cached in %s)", task, cached["precision"],
                      cached.get("date", "earlier"), path)
             return cached["precision"]
-        tried = candidates(task)  # compiles the int8 kernels on first use: not part of the timing
+        tried = candidates(task)  # builds or loads the int8 kernels on first use: not timed
         started = time.perf_counter()
         with others_busy() as busy:
             trials = measure(model, tokenizer, device, task, tried)
