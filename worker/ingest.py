@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import jobs
 from .config import Settings
-from .db import any_of, insert
+from .db import any_of, insert, insert_new
 from .inputs import InputError, Record, Rejected, detect_format, read_records
 from .schema import JobReview, RejectedLine, Review, utcnow
 
@@ -128,11 +128,14 @@ def _store_chunk(session: Session, job_id: int, records: list[Record], rejected:
     if not unique:
         return []
     rows = [
-        dict(external_id=r.external_id, text=r.text, text_sha256=r.text_sha256, product_id=r.product_id,
-             rating=r.rating, created_at=r.created_at, meta=r.meta, ingested_at=utcnow())
+        # keyed by column name ("metadata" is the attribute `meta`): insert_new writes to the table
+        {"external_id": r.external_id, "text": r.text, "text_sha256": r.text_sha256, "product_id": r.product_id,
+         "rating": r.rating, "created_at": r.created_at, "metadata": r.meta, "ingested_at": utcnow()}
         for r in unique
     ]
-    session.execute(insert(session, Review).values(rows).on_conflict_do_nothing(index_elements=["external_id"]))
+    # From arrays, one parameter per column (db.insert_new): a multi-row VALUES of a 500-review chunk
+    # had SQLAlchemy compile ~4,000 bind parameters afresh for every chunk, a third of the ingest's time.
+    insert_new(session, Review, rows, ["external_id"])
     stored = {
         ext: (rid, sha)
         for rid, ext, sha in session.execute(
@@ -156,7 +159,9 @@ def _store_chunk(session: Session, job_id: int, records: list[Record], rejected:
         else:
             ids.append(rid)
     if ids:
-        session.execute(insert(session, JobReview).values([dict(job_id=job_id, review_id=i) for i in ids]))
+        now = utcnow()
+        insert_new(session, JobReview, [dict(job_id=job_id, review_id=i, status="pending", updated_at=now) for i in ids],
+                   ["job_id", "review_id"])
     return ids
 
 
