@@ -279,8 +279,11 @@ def main() -> None:
     for workers, out in e2e.items():
         rate = len(texts) / out["seconds"]
         ratio = rate / (len(texts) / engine_at_e2e["both_s"])
+        messages = -(-len(texts) // args.e2e_batch)
+        # Few messages per worker make this the latency of one job, not a fleet's steady rate.
         lines.append(f"end to end (enqueue -> Redis -> {workers} worker process(es) on {args.device} -> PostgreSQL), "
-                     f"{args.e2e_batch} reviews per message: {rate:.0f} reviews/s = {ratio:.2f}x one engine process's "
+                     f"{args.e2e_batch} reviews per message ({messages / workers:.1f} messages per worker): "
+                     f"{rate:.0f} reviews/s = {ratio:.2f}x one engine process's "
                      f"both-task rate at {engine_at_e2e['per_call']} per call; database {out['rows']}; stored labels "
                      f"equal to the engine's {out['db_vs_engine_labels']:.2%}; first worker's VmHWM "
                      f"{out['worker_hwm_mib']:.0f} MiB")
