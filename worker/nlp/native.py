@@ -54,8 +54,9 @@ class BuildError(RuntimeError):
 def compiler() -> str:
     """The C++ compiler to use: $CXX, else g++, else c++."""
     for name in (os.environ.get("CXX"), "g++", "c++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        found = shutil.which(name) if name else None
+        if found:
+            return found
     raise BuildError("no C++ compiler found (set CXX, or install g++)")
 
 
