@@ -26,18 +26,26 @@ import torch  # noqa: E402
 
 from bench.common import chunks, entity_agreement, label_agreement, machine, model_dirs, now, real_reviews  # noqa: E402
 from worker.nlp import batching, fast  # noqa: E402
+from worker.nlp import int8 as int8_product  # noqa: E402
 from worker.nlp.ner import load_ner  # noqa: E402
 from worker.nlp.sentiment import load_sentiment  # noqa: E402
 
 
 def variant(task: str, path: str, precision: str = "bf16", use_fast: bool = True, cls_only: bool = True,
             budget: int = 8192, int8: bool = False, compile_: bool = False, attn: str | None = None,
-            pad_to: int = 1, packed_weights: bool = True):
+            pad_to: int = 1, packed_weights: bool = True, int8_kernel: str | None = None):
     """A loaded engine set up one way. packed_weights=False: bf16 through plain Linear layers, as
-    before packed.py."""
+    before packed.py. int8_kernel: the int8 product to use instead of the one int8.product_kernel
+    measures as the faster here."""
     loader = load_sentiment if task == "sentiment" else load_ner
-    engine = loader(path, device="cpu", precision="fp32" if int8 or not packed_weights else precision,
-                    token_budget=budget)
+    chosen = int8_product.product_kernel
+    if int8_kernel:
+        int8_product.product_kernel = lambda *shape: int8_kernel
+    try:
+        engine = loader(path, device="cpu", precision="fp32" if int8 or not packed_weights else precision,
+                        token_budget=budget)
+    finally:
+        int8_product.product_kernel = chosen
     model = engine.model
     if not packed_weights and not int8:  # the fp32 model again, at `precision` without packing
         engine.forward = batching.Forward(model, engine.device, precision, per_token=task == "ner", pack_weights=False)
@@ -133,6 +141,10 @@ def main() -> None:
         ("  ... budget 4096 + int8 per token", "~2", lambda: variant(task, path, precision="int8", budget=4096)),
         ("  ... budget 2048, plain bf16 Linear layers (before packed.py)", "1.2-1.3",
          lambda: variant(task, path, budget=2048, packed_weights=False)),
+        ("  ... budget 2048 + int8 per token, torch._int_mm product", "AMX: ~0.6",
+         lambda: variant(task, path, precision="int8", budget=2048, int8_kernel="int_mm")),
+        ("  ... budget 2048 + int8 per token, oneDNN product", "AMX: ~1.5",
+         lambda: variant(task, path, precision="int8", budget=2048, int8_kernel="onednn")),
     ]
     if args.only:
         keep = {1} | {int(x) for x in args.only.split(",")}

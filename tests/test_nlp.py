@@ -336,8 +336,16 @@ def test_int8_quantizes_every_linear_but_the_head_and_stays_close_to_fp32(tiny_m
     assert n_entities_ok(load_ner(str(tiny_models["ner"]), device="cpu", precision="int8").predict(texts), texts)
 
 
+def int8_kernels():
+    from worker.nlp import int8
+
+    return ["int_mm", pytest.param("onednn", marks=pytest.mark.skipif(
+        not int8.onednn_available(), reason="this torch has no oneDNN int8 Linear for this CPU"))]
+
+
+@pytest.mark.parametrize("kernel", int8_kernels())
 @pytest.mark.parametrize("centered", [False, True])
-def test_int8_linear_matches_the_float_product_per_token(centered):
+def test_int8_linear_matches_the_float_product_per_token(centered, kernel):
     from worker.nlp.int8 import Int8Linear
 
     torch.manual_seed(0)
@@ -345,11 +353,56 @@ def test_int8_linear_matches_the_float_product_per_token(centered):
     x = torch.randn(3, 20, 64) + (2.0 if centered else 0.0)  # one-sided input, as after GELU
     x[0, 0] *= 100  # one loud token: with one scale per token it does not coarsen the others
     with torch.inference_mode():
-        want, got = linear(x), Int8Linear(linear, centered=centered)(x)
+        want, got = linear(x), Int8Linear(linear, centered=centered, kernel=kernel)(x)
     assert got.shape == want.shape and got.dtype == x.dtype
     quiet = (got - want)[:, 1:].abs().max() / want[:, 1:].abs().max()
     assert quiet < 0.02
     assert ((got - want)[0, 0].abs().max() / want[0, 0].abs().max()) < 0.02
+
+
+def test_both_int8_products_give_the_same_outputs_and_the_faster_one_is_measured(caplog):
+    """The two kernels compute the same products (int32 sums, exact): they differ in where the column
+    scales are applied, so by float rounding only. product_kernel times both and says so."""
+    from worker.nlp import int8
+
+    if not int8.onednn_available():
+        pytest.skip("this torch has no oneDNN int8 Linear for this CPU")
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(96, 80)
+    x = torch.randn(2, 33, 96)
+    with torch.inference_mode():
+        for centered in (False, True):
+            a = int8.Int8Linear(linear, centered=centered, kernel="int_mm")(x + centered)
+            b = int8.Int8Linear(linear, centered=centered, kernel="onednn")(x + centered)
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="int8 kernel must be one of int_mm, onednn, not 'vnni'"):
+        int8.Int8Linear(linear, kernel="vnni")
+    int8.product_kernel.cache_clear()
+    with caplog.at_level("INFO", logger="worker.nlp.int8"):
+        pick = int8.product_kernel(96, 80)
+    assert pick in int8.KERNELS
+    assert f"int8 product for hidden 96 / 80: {pick} (int_mm " in caplog.text and "onednn " in caplog.text
+
+
+def test_attention_dtype_between_bf16_products_is_measured_and_used(tiny_models, caplog):
+    """fp32 attention ran faster on an AVX-512 EPYC, bf16 2-3x faster on a Xeon with AMX: the engine
+    times both once per process and both bf16 and int8 engines use the pick."""
+    from worker.nlp import device as dev
+    from worker.nlp import fast
+
+    if not dev.cpu_has_fast_bf16():
+        pytest.skip("no fast bf16 on this CPU: attention stays fp32 there, nothing is measured")
+    fast.cpu_attention_dtype.cache_clear()
+    with caplog.at_level("INFO", logger="worker.nlp.fast"):
+        pick = fast.cpu_attention_dtype(2, 16)
+    assert pick in (torch.bfloat16, torch.float32)
+    assert f"attention between bf16 products: {str(pick)[6:]} (bf16 " in caplog.text and " ms, fp32 " in caplog.text
+    for precision in ("bf16", "int8"):
+        engine = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision=precision)
+        config = engine.model.config
+        assert engine.forward._forward.attention_dtype == fast.cpu_attention_dtype(config.n_heads,
+                                                                                   config.dim // config.n_heads)
+    assert load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").forward._forward.attention_dtype == torch.float32
 
 
 def test_auto_precision_is_measured_on_the_model_and_never_int8_for_training(tiny_models, tmp_path, monkeypatch):

@@ -156,9 +156,12 @@ class Forward:
         elif self.fast and pack_weights and device.type == "cpu" and precision == "bf16" and packed.available():
             packed.pack_linears(model)
         if self.fast:
-            # torch's CPU attention runs fp32 about 10% faster than bf16 (bench/kernels.py); with int8
-            # products, attention is the largest cost left, and fp32 there gained 5-9% (RESULTS.md).
-            attention_dtype = torch.float32 if precision == "int8" else None
+            # Attention's dtype on CPU is measured (fast.cpu_attention_dtype): fp32 or bf16 is the
+            # faster depending on the CPU, and it is the largest cost after the products.
+            attention_dtype = None
+            if device.type == "cpu" and float_precision == "bf16":
+                config = model.config
+                attention_dtype = fast.cpu_attention_dtype(config.n_heads, config.dim // config.n_heads)
             self._forward = fast.DistilBertForward(model, per_token, attention_dtype=attention_dtype, marking=marking)
         else:
             if device.type == "cuda" and precision in DTYPES and precision != "fp32":

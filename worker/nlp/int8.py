@@ -9,6 +9,13 @@ The quantize and dequantize steps are elementwise passes over the activations; i
 take several passes each and cost more than the int8 product saves, so each is one C++ kernel
 (int8_kernels.cpp, built once per host by native.py). Where it cannot be built (no C++ compiler in
 the image), `available()` is False and "auto" precision does not pick int8.
+
+Two int8 products: torch._int_mm (oneDNN's VNNI gemm, which reorders the weights on every call) and
+oneDNN's quantized Linear (torch.ops.onednn.qlinear_pointwise, the op torch.compile's x86 int8 path
+uses) on weights packed once at load time, which runs AMX's int8 tiles where the CPU has them: on a
+Xeon with AMX it ran 1.5-4x the packed bf16 product and 1.3-2.4x _int_mm at DistilBERT's shapes
+(bench/RESULTS.md). Which is faster elsewhere is not written in the flags, so `product_kernel`
+times both on the model's feed-forward shapes once per process and the faster one serves.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from . import native
 from .cpu import DTYPES, cpu_float_precision
 
 log = logging.getLogger(__name__)
+
+KERNELS = ("int_mm", "onednn")
+KERNEL_PROBE_ROWS = 512  # tokens in each timed product of product_kernel: a quarter of a CPU batch
 
 
 @lru_cache(maxsize=1)
@@ -55,37 +65,112 @@ def available() -> bool:
     return True
 
 
-class Int8Linear(nn.Module):
-    """A drop-in replacement for an nn.Linear at inference: same input and output shapes and dtype."""
+def _small_case(gen: torch.Generator):
+    """A tiny Linear and inputs for the self-checks: products of about +-6, no two sizes equal."""
+    linear = nn.Linear(32, 40)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(40, 32, generator=gen))
+        linear.bias.zero_()
+    return linear, torch.randn(24, 32, generator=gen)
 
-    def __init__(self, linear: nn.Linear, centered: bool = False):
+
+@lru_cache(maxsize=1)
+def onednn_available() -> bool:
+    """True when this torch has oneDNN's quantized Linear and it computes the products right here
+    (int8 activations, int8 weights per output channel, float32 out)."""
+    if not (available() and torch.backends.mkldnn.is_available() and hasattr(torch.ops, "onednn")
+            and hasattr(torch.ops.onednn, "qlinear_pointwise")):
+        return False
+    try:
+        linear, x = _small_case(torch.Generator().manual_seed(1))
+        dtype = DTYPES[cpu_float_precision()]
+        with torch.inference_mode():
+            for centered in (False, True):
+                layer = Int8Linear(linear, centered=centered, kernel="onednn")
+                xin = x + 1 if centered else x
+                if not torch.allclose(layer(xin.to(dtype)).float(), linear(xin), atol=0.5):
+                    raise RuntimeError("oneDNN's int8 product gave wrong results")
+    except Exception as exc:  # an old build, a CPU oneDNN has no int8 kernel for: _int_mm serves
+        log.info("oneDNN's int8 Linear unavailable (%s: %s); int8 uses torch._int_mm", type(exc).__name__, exc)
+        return False
+    return True
+
+
+@lru_cache(maxsize=8)
+def product_kernel(hidden: int = 768, intermediate: int = 3072) -> str:
+    """The faster int8 product here for a model of these sizes: both kernels' whole Int8Linear
+    (quantize, product, dequantize) on the two feed-forward shapes, interleaved, median of 5.
+    About 0.1 s for DistilBERT-base, once per process."""
+    if not onednn_available():
+        return "int_mm"
+    gen = torch.Generator().manual_seed(0)
+    dtype = DTYPES[cpu_float_precision()]
+    shapes = [(hidden, intermediate), (intermediate, hidden)]
+    layers = {k: [Int8Linear(nn.Linear(i, o), kernel=k) for i, o in shapes] for k in KERNELS}
+    inputs = [torch.randn(KERNEL_PROBE_ROWS, i, generator=gen).to(dtype) for i, _ in shapes]
+    times: dict[str, list[float]] = {k: [] for k in KERNELS}
+    with torch.inference_mode():
+        for k in KERNELS:  # warm-up: oneDNN builds its kernel for a shape on the first call
+            for layer, x in zip(layers[k], inputs):
+                layer(x)
+        for _ in range(5):
+            for k in KERNELS:
+                started = time.perf_counter()
+                for layer, x in zip(layers[k], inputs):
+                    layer(x)
+                times[k].append(time.perf_counter() - started)
+    median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    pick = min(KERNELS, key=median.get)
+    log.info("int8 product for hidden %d / %d: %s (%s)", hidden, intermediate, pick,
+             ", ".join(f"{k} {1000 * t:.2f} ms" for k, t in median.items()))
+    return pick
+
+
+class Int8Linear(nn.Module):
+    """A drop-in replacement for an nn.Linear at inference: same input and output shapes and dtype.
+    `kernel`: "int_mm" (torch._int_mm) or "onednn" (oneDNN's quantized Linear on packed weights)."""
+
+    def __init__(self, linear: nn.Linear, centered: bool = False, kernel: str = "int_mm"):
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"int8 kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
         w = linear.weight.detach().float()
         col_scale = w.abs().amax(1).clamp(min=1e-8) / 127
         w_int = (w / col_scale[:, None]).round().clamp(-127, 127)
         self.register_buffer("col_scale", col_scale)
-        # (in, out), contiguous: the layout _int_mm reads fastest as its second operand.
-        self.register_buffer("weight_t", w_int.to(torch.int8).t().contiguous())
+        if kernel == "onednn":  # packed once into oneDNN's layout; per-channel scales applied by oneDNN
+            self.register_buffer("weight", torch.ops.onednn.qlinear_prepack(w_int.to(torch.int8), None))
+            self.register_buffer("zero_points", torch.zeros(w.shape[0], dtype=torch.long))
+        else:  # (in, out), contiguous: the layout _int_mm reads fastest as its second operand.
+            self.register_buffer("weight_t", w_int.to(torch.int8).t().contiguous())
         self.register_buffer("weight_sum", (w_int * col_scale[:, None]).sum(1))  # of the weights as quantized
         bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(w.shape[0])
         self.register_buffer("bias", bias)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.centered = centered
+        self.centered, self.kernel = centered, kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).contiguous()
+        mid = weight_sum = None
         if self.centered:
             q, scale, mid = native.quantize(rows, centered=True)
-            y = native.dequantize(torch._int_mm(q, self.weight_t), scale, self.col_scale, self.bias, x.dtype, mid,
-                                  self.weight_sum)
+            weight_sum = self.weight_sum
         else:
             q, scale = native.quantize(rows)
-            y = native.dequantize(torch._int_mm(q, self.weight_t), scale, self.col_scale, self.bias, x.dtype)
+        if self.kernel == "onednn":
+            # In the activations' dtype, then scaled per row in place: a float32 product would be
+            # one more buffer to allocate and pass over (bf16 rounds twice: within its own noise).
+            prod = torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, self.weight, self.col_scale, self.zero_points, None,
+                                                      1.0, 0, x.dtype, "none", [], "")
+            y = native.rescale(prod, scale, self.bias, mid, weight_sum)
+        else:
+            y = native.dequantize(torch._int_mm(q, self.weight_t), scale, self.col_scale, self.bias, x.dtype, mid,
+                                  weight_sum)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         kind = "centered per token" if self.centered else "per token"
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 {kind}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 {kind}, {self.kernel}"
 
 
 def quantize_linears(model: nn.Module, keep: tuple[str, ...] = ("classifier",),
@@ -97,7 +182,16 @@ def quantize_linears(model: nn.Module, keep: tuple[str, ...] = ("classifier",),
     from .fast import replace_linears
 
     available()  # build or load the kernels now, not in the first batch
-    return replace_linears(model, lambda linear, full: Int8Linear(linear, centered=full.endswith(centered)), keep)
+    kernel = product_kernel(*_feed_forward_sizes(model))
+    return replace_linears(model, lambda linear, full: Int8Linear(linear, centered=full.endswith(centered),
+                                                                  kernel=kernel), keep)
+
+
+def _feed_forward_sizes(model: nn.Module) -> tuple[int, int]:
+    """(hidden, intermediate) of the model's feed-forward: DistilBERT's config names, else BERT's."""
+    c = getattr(model, "config", None)
+    hidden = getattr(c, "dim", None) or getattr(c, "hidden_size", None) or 768
+    return hidden, getattr(c, "hidden_dim", None) or getattr(c, "intermediate_size", None) or 4 * hidden
 
 
 def product_ratio(hidden: int, intermediate: int, rows: int) -> float:
@@ -106,7 +200,7 @@ def product_ratio(hidden: int, intermediate: int, rows: int) -> float:
     batch found that out in 38 s of a first start on an AVX2-only host, where this takes about a
     second (bench/RESULTS.md, "Other runtimes on the AVX2-only host")."""
     linear = nn.Linear(hidden, intermediate)
-    quantized = Int8Linear(linear)
+    quantized = Int8Linear(linear, kernel=product_kernel(hidden, intermediate))
     x = torch.randn(rows, hidden, generator=torch.Generator().manual_seed(0))
     x_engine = x.to(DTYPES[cpu_float_precision()])  # the activations' dtype under int8
 

@@ -63,7 +63,8 @@ float quantize_row(const In* __restrict__ x, int64_t k, int8_t* __restrict__ q) 
     top = m > top ? m : top;
   }
   const float s = std::fmax(float_of(top), kMinScale) / 127.0f;
-  for (int64_t i = 0; i < k; ++i) q[i] = int8_t(int32_t(std::nearbyint(to_float(x[i]) / s)));
+  const float inv = 1.0f / s;
+  for (int64_t i = 0; i < k; ++i) q[i] = int8_t(int32_t(std::nearbyint(to_float(x[i]) * inv)));
   return s;
 }
 
@@ -78,7 +79,8 @@ float quantize_row_centered(const In* __restrict__ x, int64_t k, int8_t* __restr
   const float h = unordered(hi), l = unordered(lo);
   const float m = (h + l) / 2.0f;
   const float s = std::fmax((h - l) / 2.0f, kMinScale) / 127.0f;
-  for (int64_t i = 0; i < k; ++i) q[i] = int8_t(int32_t(std::nearbyint((to_float(x[i]) - m) / s)));
+  const float inv = 1.0f / s;
+  for (int64_t i = 0; i < k; ++i) q[i] = int8_t(int32_t(std::nearbyint((to_float(x[i]) - m) * inv)));
   *mid = m;
   return s;
 }
@@ -115,6 +117,29 @@ void dequantize_rows(const int32_t* acc, int64_t rows, int64_t n, const float* r
   }
 }
 
+// y = y * row_scale (+ mid * weight_sum) + bias, in place: for products that arrive as floats with
+// the column scales applied (oneDNN's int8 product, int8.py), in the activations' dtype. In place,
+// so that no second buffer of the layer's output is allocated and written.
+template <typename T>
+void rescale_row(T* __restrict__ y, int64_t n, float rs, const float* __restrict__ bias, const float* mid,
+                 const float* __restrict__ weight_sum) {
+  if (mid == nullptr) {
+    for (int64_t c = 0; c < n; ++c) store(y + c, to_float(y[c]) * rs + bias[c]);
+  } else {
+    const float m = *mid;
+    for (int64_t c = 0; c < n; ++c) store(y + c, to_float(y[c]) * rs + m * weight_sum[c] + bias[c]);
+  }
+}
+
+template <typename T>
+void rescale_rows(T* y, int64_t rows, int64_t n, const float* row_scale, const float* bias, const float* mid,
+                  const float* weight_sum, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    rescale_row(y + r * n, n, row_scale[r], bias, mid == nullptr ? nullptr : mid + r, weight_sum);
+  }
+}
+
 }  // namespace
 
 // The entry points (native.py checks shapes and dtypes before calling). mid: nullptr for the
@@ -140,6 +165,16 @@ void reviews_dequantize_bf16(const int32_t* acc, int64_t rows, int64_t n, const 
                              const float* col_scale, const float* bias, const float* mid, const float* weight_sum,
                              bf16_bits* out, int threads) {
   dequantize_rows(acc, rows, n, row_scale, col_scale, bias, mid, weight_sum, out, threads);
+}
+
+void reviews_rescale_f32(float* y, int64_t rows, int64_t n, const float* row_scale, const float* bias,
+                         const float* mid, const float* weight_sum, int threads) {
+  rescale_rows(y, rows, n, row_scale, bias, mid, weight_sum, threads);
+}
+
+void reviews_rescale_bf16(bf16_bits* y, int64_t rows, int64_t n, const float* row_scale, const float* bias,
+                          const float* mid, const float* weight_sum, int threads) {
+  rescale_rows(y, rows, n, row_scale, bias, mid, weight_sum, threads);
 }
 
 }  // extern "C"

@@ -43,6 +43,8 @@ _SIGNATURES = {
     "quantize": (_P, _I64, _I64, _P, _P, _P, _INT),
     # acc, rows, n, row_scale, col_scale, bias, mid (or NULL), weight_sum (or NULL), out, threads
     "dequantize": (_P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT),
+    # y (in place), rows, n, row_scale, bias, mid (or NULL), weight_sum (or NULL), threads
+    "rescale": (_P, _I64, _I64, _P, _P, _P, _P, _INT),
 }
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
@@ -139,6 +141,14 @@ def quantize(x: torch.Tensor, centered: bool = False):
     return (q, scale, mid) if centered else (q, scale)
 
 
+def _centering(name: str, rows: int, n: int, mid: torch.Tensor | None, weight_sum: torch.Tensor | None) -> None:
+    if (mid is None) != (weight_sum is None):
+        raise ValueError(f"{name}: mid and weight_sum go together")
+    if mid is not None:
+        _floats(name, rows, mid=mid)
+        _floats(name, n, weight_sum=weight_sum)
+
+
 def dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor,
                dtype: torch.dtype, mid: torch.Tensor | None = None, weight_sum: torch.Tensor | None = None):
     """acc * row_scale * col_scale (+ mid * weight_sum) + bias, in `dtype`: the int32 products back."""
@@ -149,14 +159,26 @@ def dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tens
     rows, n = acc.shape
     _floats("dequantize", rows, row_scale=row_scale)
     _floats("dequantize", n, col_scale=col_scale, bias=bias)
-    if (mid is None) != (weight_sum is None):
-        raise ValueError("dequantize: mid and weight_sum go together")
-    if mid is not None:
-        _floats("dequantize", rows, mid=mid)
-        _floats("dequantize", n, weight_sum=weight_sum)
+    _centering("dequantize", rows, n, mid, weight_sum)
     out = torch.empty((rows, n), dtype=dtype)
     getattr(library(), f"reviews_dequantize_{_SUFFIX[dtype]}")(
         acc.data_ptr(), rows, n, row_scale.data_ptr(), col_scale.data_ptr(), bias.data_ptr(),
         None if mid is None else mid.data_ptr(), None if weight_sum is None else weight_sum.data_ptr(),
         out.data_ptr(), torch.get_num_threads())
     return out
+
+
+def rescale(y: torch.Tensor, row_scale: torch.Tensor, bias: torch.Tensor, mid: torch.Tensor | None = None,
+            weight_sum: torch.Tensor | None = None) -> torch.Tensor:
+    """y * row_scale (+ mid * weight_sum) + bias, in place; returns y. dequantize for products that
+    come back as floats with the column scales already applied (oneDNN's int8 product)."""
+    _rows(y, "rescale")
+    rows, n = y.shape
+    _floats("rescale", rows, row_scale=row_scale)
+    _floats("rescale", n, bias=bias)
+    _centering("rescale", rows, n, mid, weight_sum)
+    getattr(library(), f"reviews_rescale_{_SUFFIX[y.dtype]}")(
+        y.data_ptr(), rows, n, row_scale.data_ptr(), bias.data_ptr(),
+        None if mid is None else mid.data_ptr(), None if weight_sum is None else weight_sum.data_ptr(),
+        torch.get_num_threads())
+    return y
