@@ -33,10 +33,11 @@ from worker.nlp.sentiment import load_sentiment  # noqa: E402
 
 def variant(task: str, path: str, precision: str = "bf16", use_fast: bool = True, cls_only: bool = True,
             budget: int = 8192, int8: bool = False, compile_: bool = False, attn: str | None = None,
-            pad_to: int = 1, packed_weights: bool = True, int8_kernel: str | None = None):
+            pad_to: int = 1, packed_weights: bool = True, int8_kernel: str | None = None, fused: bool = True):
     """A loaded engine set up one way. packed_weights=False: bf16 through plain Linear layers, as
     before packed.py. int8_kernel: the int8 product to use instead of the one int8.product_kernel
-    measures as the faster here."""
+    measures as the faster here. fused=False: torch ops between the products, as before
+    kernels.cpp's fused passes."""
     loader = load_sentiment if task == "sentiment" else load_ner
     chosen = int8_product.product_kernel
     if int8_kernel:
@@ -64,6 +65,8 @@ def variant(task: str, path: str, precision: str = "bf16", use_fast: bool = True
         engine.forward._forward = fast.DistilBertForward(model, per_token=task == "ner")
     if not cls_only:
         engine.forward._forward.cls_only = False
+    if not fused:
+        engine.forward._forward.fused = False
     if compile_:
         engine.forward._forward = torch.compile(engine.forward._forward, dynamic=True)
     if pad_to > 1:
@@ -145,6 +148,10 @@ def main() -> None:
          lambda: variant(task, path, precision="int8", budget=2048, int8_kernel="int_mm")),
         ("  ... budget 2048 + int8 per token, oneDNN product", "AMX: ~1.5",
          lambda: variant(task, path, precision="int8", budget=2048, int8_kernel="onednn")),
+        ("  ... budget 2048, bf16, torch ops between products (unfused)", "~0.9",
+         lambda: variant(task, path, budget=2048, fused=False)),
+        ("  ... budget 2048 + int8 per token, torch ops between products", "~0.75",
+         lambda: variant(task, path, precision="int8", budget=2048, fused=False)),
     ]
     if args.only:
         keep = {1} | {int(x) for x in args.only.split(",")}

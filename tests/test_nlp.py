@@ -388,19 +388,19 @@ def test_attention_dtype_between_bf16_products_is_measured_and_used(tiny_models,
     """fp32 attention ran faster on an AVX-512 EPYC, bf16 2-3x faster on a Xeon with AMX: the engine
     times both once per process and both bf16 and int8 engines use the pick."""
     from worker.nlp import device as dev
-    from worker.nlp import fast
+    from worker.nlp import cpu
 
     if not dev.cpu_has_fast_bf16():
         pytest.skip("no fast bf16 on this CPU: attention stays fp32 there, nothing is measured")
-    fast.cpu_attention_dtype.cache_clear()
-    with caplog.at_level("INFO", logger="worker.nlp.fast"):
-        pick = fast.cpu_attention_dtype(2, 16)
+    cpu.cpu_attention_dtype.cache_clear()
+    with caplog.at_level("INFO", logger="worker.nlp.cpu"):
+        pick = cpu.cpu_attention_dtype(2, 16)
     assert pick in (torch.bfloat16, torch.float32)
     assert f"attention between bf16 products: {str(pick)[6:]} (bf16 " in caplog.text and " ms, fp32 " in caplog.text
     for precision in ("bf16", "int8"):
         engine = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision=precision)
         config = engine.model.config
-        assert engine.forward._forward.attention_dtype == fast.cpu_attention_dtype(config.n_heads,
+        assert engine.forward._forward.attention_dtype == cpu.cpu_attention_dtype(config.n_heads,
                                                                                    config.dim // config.n_heads)
     assert load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").forward._forward.attention_dtype == torch.float32
 

@@ -36,4 +36,4 @@ def test_wheel_install_loads_the_bundled_models(tmp_path):
     path, label, _ = out.stdout.split()
     assert path.startswith(str(site)) and label == "positive"
     # int8's kernels are built from their source on the user's host (worker/nlp/native.py)
-    assert (site / "worker" / "nlp" / "int8_kernels.cpp").is_file()
+    assert (site / "worker" / "nlp" / "kernels.cpp").is_file()

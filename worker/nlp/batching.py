@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import casing, fast, int8, packed
+from . import casing, cpu, fast, int8, packed
 from .device import DTYPES, autocast, cpu_float_precision
 
 
@@ -156,12 +156,12 @@ class Forward:
         elif self.fast and pack_weights and device.type == "cpu" and precision == "bf16" and packed.available():
             packed.pack_linears(model)
         if self.fast:
-            # Attention's dtype on CPU is measured (fast.cpu_attention_dtype): fp32 or bf16 is the
+            # Attention's dtype on CPU is measured (cpu.cpu_attention_dtype): fp32 or bf16 is the
             # faster depending on the CPU, and it is the largest cost after the products.
             attention_dtype = None
             if device.type == "cpu" and float_precision == "bf16":
                 config = model.config
-                attention_dtype = fast.cpu_attention_dtype(config.n_heads, config.dim // config.n_heads)
+                attention_dtype = cpu.cpu_attention_dtype(config.n_heads, config.dim // config.n_heads)
             self._forward = fast.DistilBertForward(model, per_token, attention_dtype=attention_dtype, marking=marking)
         else:
             if device.type == "cuda" and precision in DTYPES and precision != "fp32":

@@ -5,12 +5,16 @@ the CPUs (precision.py does not trust timings taken meanwhile)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import time
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,6 +57,47 @@ def cpu_float_precision() -> str:
 def cpu_has_vnni() -> bool:
     """int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX int8)."""
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
+# The batches cpu_attention_dtype times: (rows, width) of 1024 tokens, a typical review and the
+# longest window, the last rows padded as in a length-sorted batch.
+ATTENTION_PROBES = ((8, 128), (2, 512))
+
+
+@lru_cache(maxsize=8)
+def cpu_attention_dtype(heads: int, head_dim: int) -> torch.dtype:
+    """The faster dtype for CPU attention between bf16 products: bf16, or fp32 (q, k and v cast up,
+    the output cast back). Not the same everywhere: fp32 ran 5-9% faster on an AVX-512 EPYC, bf16
+    2-3x faster on a Xeon with AMX, whose tiles run flash attention's bf16 products
+    (bench/RESULTS.md). Timed once per process on both probe batches, interleaved, median of 5:
+    about 0.1 s for DistilBERT-base's 12 heads of 64."""
+    gen = torch.Generator().manual_seed(0)
+    probes = []
+    for rows, width in ATTENTION_PROBES:
+        q, k, v = (torch.randn(rows, heads, width, head_dim, generator=gen).to(torch.bfloat16) for _ in range(3))
+        mask = torch.ones(rows, 1, 1, width, dtype=torch.bool)
+        mask[rows // 2:, ..., width - width // 8:] = False
+        probes.append((q, k, v, mask))
+    runs = {
+        torch.bfloat16: lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
+        torch.float32: lambda q, k, v, m: F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), attn_mask=m).to(torch.bfloat16),
+    }
+    times: dict[torch.dtype, list[float]] = {dt: [] for dt in runs}
+    with torch.inference_mode():
+        for run in runs.values():
+            run(*probes[0])
+        for _ in range(5):
+            for dt, run in runs.items():
+                started = time.perf_counter()
+                for probe in probes:
+                    run(*probe)
+                times[dt].append(time.perf_counter() - started)
+    median = {dt: sorted(t)[len(t) // 2] for dt, t in times.items()}
+    pick = min(median, key=median.get)
+    log.info("attention between bf16 products: %s (bf16 %.1f ms, fp32 %.1f ms)", str(pick).removeprefix("torch."),
+             1000 * median[torch.bfloat16], 1000 * median[torch.float32])
+    return pick
 
 
 class Busy:

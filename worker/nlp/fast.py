@@ -22,60 +22,14 @@ Any other architecture runs through transformers' own forward (see `forward_for`
 from __future__ import annotations
 
 import contextlib
-import logging
-import time
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-log = logging.getLogger(__name__)
-
 # The attention kernels allowed on CUDA: all but cuDNN's (see the module's docstring).
 CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-# The batches cpu_attention_dtype times: (rows, width) of 1024 tokens, a typical review and the
-# longest window, the last rows padded as in a length-sorted batch.
-ATTENTION_PROBES = ((8, 128), (2, 512))
-
-
-@lru_cache(maxsize=8)
-def cpu_attention_dtype(heads: int, head_dim: int) -> torch.dtype:
-    """The faster dtype for CPU attention between bf16 products: bf16, or fp32 (q, k and v cast up,
-    the output cast back). Not the same everywhere: fp32 ran 5-9% faster on an AVX-512 EPYC, bf16
-    2-3x faster on a Xeon with AMX, whose tiles run flash attention's bf16 products
-    (bench/RESULTS.md). Timed once per process on both probe batches, interleaved, median of 5:
-    about 0.1 s for DistilBERT-base's 12 heads of 64."""
-    gen = torch.Generator().manual_seed(0)
-    probes = []
-    for rows, width in ATTENTION_PROBES:
-        q, k, v = (torch.randn(rows, heads, width, head_dim, generator=gen).to(torch.bfloat16) for _ in range(3))
-        mask = torch.ones(rows, 1, 1, width, dtype=torch.bool)
-        mask[rows // 2:, ..., width - width // 8:] = False
-        probes.append((q, k, v, mask))
-    runs = {
-        torch.bfloat16: lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
-        torch.float32: lambda q, k, v, m: F.scaled_dot_product_attention(
-            q.float(), k.float(), v.float(), attn_mask=m).to(torch.bfloat16),
-    }
-    times: dict[torch.dtype, list[float]] = {dt: [] for dt in runs}
-    with torch.inference_mode():
-        for run in runs.values():
-            run(*probes[0])
-        for _ in range(5):
-            for dt, run in runs.items():
-                started = time.perf_counter()
-                for probe in probes:
-                    run(*probe)
-                times[dt].append(time.perf_counter() - started)
-    median = {dt: sorted(t)[len(t) // 2] for dt, t in times.items()}
-    pick = min(median, key=median.get)
-    log.info("attention between bf16 products: %s (bf16 %.1f ms, fp32 %.1f ms)", str(pick).removeprefix("torch."),
-             1000 * median[torch.bfloat16], 1000 * median[torch.float32])
-    return pick
-
-
 def supports(model) -> bool:
     """A DistilBERT with a sequence or token classification head, laid out as transformers has
     done since its first release."""
@@ -122,10 +76,18 @@ def replace_linears(model: nn.Module, replace, keep: tuple[str, ...] = ("classif
 
 
 class DistilBertForward:
-    """logits = forward(input_ids, attention_mask), float32, for a DistilBERT classifier."""
+    """logits = forward(input_ids, attention_mask), float32, for a DistilBERT classifier.
+
+    On CPU, where kernels.cpp builds (native.py), the steps between the products are its fused
+    passes: for float products, the residual add, LayerNorm and cast to the products' dtype in one
+    pass; for int8 products (int8.py) every step from one product to the next, so that activations
+    go from one layer's product to the next layer's quantized input without torch in between."""
 
     def __init__(self, model, per_token: bool, cls_only: bool = True, attention_dtype: torch.dtype | None = None,
-                 marking=None):
+                 marking=None, fused: bool | None = None):
+        """fused: use kernels.cpp's passes on CPU (default: where they build)."""
+        from . import int8, native
+
         self.model = model
         # casing.CaseMarking of the "added" style: ids carry each piece's case (casing.py).
         self.marking = marking if marking is not None and marking.style == "added" else None
@@ -135,13 +97,20 @@ class DistilBertForward:
         self.n_heads = model.config.n_heads
         self.per_token = per_token
         weight = getattr(model.classifier, "weight", None)
-        # The compute dtype of the matrix products; quantized Linears take float32 input.
+        # The compute dtype of the matrix products (int8 layers: of the activations around them).
         self.dtype = weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
         # The dtype of q, k and v in attention: that of the products unless told (batching.Forward).
         self.attention_dtype = attention_dtype or self.dtype
+        self.fused = native.available() if fused is None else fused
+        ffn = self.layers[0].ffn
+        # The int8 layer's fused passes know one feed-forward: GELU, lin2 quantized around its midrange.
+        self.int8 = (isinstance(ffn.lin1, int8.Int8Linear) and getattr(ffn.lin2, "centered", False)
+                     and getattr(model.config, "activation", "gelu") == "gelu")
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  full: bool | None = None) -> torch.Tensor:
+        from . import native
+
         emb = self.base.embeddings
         width = input_ids.shape[1]
         words = emb.word_embeddings(input_ids) if self.marking is None else self.marking.embed(emb.word_embeddings, input_ids)
@@ -152,32 +121,89 @@ class DistilBertForward:
             full = bool(keep.all())
         mask = None if full else keep[:, None, None, :]  # (batch, 1, 1, keys): True = attend
         last = len(self.layers) - 1
+        fused = self.fused and not h.is_cuda
         kernels = sdpa_kernel(CUDA_ATTENTION) if h.is_cuda else contextlib.nullcontext()
         with kernels:
-            for i, layer in enumerate(self.layers):
-                h = self._layer(layer, h, mask, cls_only=self.cls_only and i == last)
+            if fused and self.int8:
+                x = native.quantize(h.view(-1, h.shape[-1]))
+                for i, layer in enumerate(self.layers):
+                    h, x = self._int8_layer(layer, h, x, mask, self.cls_only and i == last, i == last)
+            elif fused:
+                x = h.to(self.dtype)
+                for i, layer in enumerate(self.layers):
+                    h, x = self._fused_layer(layer, h, x, mask, self.cls_only and i == last)
+            else:
+                for i, layer in enumerate(self.layers):
+                    h = self._layer(layer, h, mask, cls_only=self.cls_only and i == last)
         if self.per_token:
             return self.model.classifier(h.to(self.dtype)).float()
         pooled = F.relu(self.model.pre_classifier(h[:, 0].to(self.dtype)))
         return self.model.classifier(pooled).float()
 
+    def _attention(self, att, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                   batch: int, dim: int) -> torch.Tensor:
+        """Attention over the heads of q, k, v (batch * positions, dim): (batch, positions of q, dim)
+        in the products' dtype."""
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, -1, self.n_heads, dim // self.n_heads).transpose(1, 2).to(self.attention_dtype)
+
+        a = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
+        return a.transpose(1, 2).reshape(batch, -1, dim).to(self.dtype)
+
     def _layer(self, layer, h: torch.Tensor, mask: torch.Tensor | None, cls_only: bool) -> torch.Tensor:
+        """One layer in torch ops: CUDA, and CPUs without the fused passes; any Linear layers."""
         att, dt = layer.attention, self.dtype
         batch, width, dim = h.shape
         x = h.to(dt)
         residual = h[:, :1] if cls_only else h
         queries = x[:, :1] if cls_only else x
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, -1, self.n_heads, dim // self.n_heads).transpose(1, 2)
-
-        q, k, v = heads(att.q_lin(queries)), heads(att.k_lin(x)), heads(att.v_lin(x))
-        at = self.attention_dtype
-        q, k, v = q.to(at), k.to(at), v.to(at)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        a = att.out_lin(a.transpose(1, 2).reshape(batch, -1, dim).to(dt))
+        a = att.out_lin(self._attention(att, att.q_lin(queries), att.k_lin(x), att.v_lin(x), mask, batch, dim))
         # residual (float32) + a (bf16) promotes to float32 in one pass, where a.float() took a second.
         h = layer.sa_layer_norm(residual + a)
         ffn = layer.ffn
         f = ffn.lin2(ffn.activation(ffn.lin1(h.to(dt))))
         return layer.output_layer_norm(h + f)
+
+    def _fused_layer(self, layer, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, cls_only: bool):
+        """One layer on CPU with float products: (h, x) in, h the float32 residual stream and x the
+        same in the products' dtype; add + LayerNorm + cast as one pass of kernels.cpp."""
+        from . import native
+
+        att, ffn = layer.attention, layer.ffn
+        batch, width, dim = h.shape
+        residual = h[:, :1] if cls_only else h
+        queries = x[:, :1] if cls_only else x
+        a = att.out_lin(self._attention(att, att.q_lin(queries), att.k_lin(x), att.v_lin(x), mask, batch, dim))
+        sa, out = layer.sa_layer_norm, layer.output_layer_norm
+        h, x = native.add_norm(residual.reshape(-1, dim).contiguous(), a.view(-1, dim), sa.weight, sa.bias, sa.eps)
+        f = ffn.lin2(ffn.activation(ffn.lin1(x)))
+        h, x = native.add_norm(h, f.view(-1, dim), out.weight, out.bias, out.eps)
+        return h.view(batch, -1, dim), x.view(batch, -1, dim)
+
+    def _int8_layer(self, layer, h: torch.Tensor, x: tuple, mask: torch.Tensor | None, cls_only: bool, last: bool):
+        """One layer of int8 products (int8.Int8Linear) on CPU: x is h quantized per token, (q, scale),
+        made by the previous layer's last pass; returns the next (h, x) (x None after the last layer)."""
+        from . import native
+
+        att, ffn, dt = layer.attention, layer.ffn, self.dtype
+        batch, width, dim = h.shape
+        q8, s8 = x
+        if cls_only:  # [CLS] rows only: its query, residual and everything after attention
+            cls = torch.arange(batch) * width
+            qq, qs, residual = q8[cls], s8[cls], h[:, 0].contiguous()
+        else:
+            qq, qs, residual = q8, s8, h.view(-1, dim)
+        a = self._attention(att, att.q_lin.from_quantized(qq, qs, dt), att.k_lin.from_quantized(q8, s8, dt),
+                            att.v_lin.from_quantized(q8, s8, dt), mask, batch, dim)
+        aq, as_ = native.quantize(a.view(-1, dim))
+        out, sa = att.out_lin, layer.sa_layer_norm
+        h, hq, hs = native.product_add_norm_quantize(out.product(aq, dt), as_, out.product_col_scale, out.bias,
+                                                     residual, sa.weight, sa.bias, sa.eps)
+        fq, fs, fm = native.product_gelu_quantize(ffn.lin1.product(hq, dt), hs, ffn.lin1.product_col_scale,
+                                                  ffn.lin1.bias)
+        norm = layer.output_layer_norm
+        h, nq, ns = native.product_add_norm_quantize(
+            ffn.lin2.product(fq, dt), fs, ffn.lin2.product_col_scale, ffn.lin2.bias, h, norm.weight, norm.bias,
+            norm.eps, mid=fm, weight_sum=ffn.lin2.weight_sum, quantize_out=not last)
+        return h.view(batch, -1, dim), (nq, ns)

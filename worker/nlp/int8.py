@@ -7,7 +7,7 @@ on 96.3% of labels. One scale per token (and per weight row) agreed on 99.5-99.7
 
 The quantize and dequantize steps are elementwise passes over the activations; in eager torch they
 take several passes each and cost more than the int8 product saves, so each is one C++ kernel
-(int8_kernels.cpp, built once per host by native.py). Where it cannot be built (no C++ compiler in
+(kernels.cpp, built once per host by native.py). Where it cannot be built (no C++ compiler in
 the image), `available()` is False and "auto" precision does not pick int8.
 
 Two int8 products: torch._int_mm (oneDNN's VNNI gemm, which reorders the weights on every call) and
@@ -151,22 +151,36 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).contiguous()
-        mid = weight_sum = None
         if self.centered:
             q, scale, mid = native.quantize(rows, centered=True)
-            weight_sum = self.weight_sum
         else:
-            q, scale = native.quantize(rows)
+            (q, scale), mid = native.quantize(rows), None
+        return self.from_quantized(q, scale, x.dtype, mid).view(*x.shape[:-1], self.out_features)
+
+    def product(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The product of rows quantized per token, as it comes from the kernel: int32 sums
+        (torch._int_mm), or values in `dtype` with the column scales applied (oneDNN); neither has
+        the row scales or the bias yet (product_col_scale tells which)."""
         if self.kernel == "onednn":
-            # In the activations' dtype, then scaled per row in place: a float32 product would be
+            # In the activations' dtype, scaled per row in place after: a float32 product would be
             # one more buffer to allocate and pass over (bf16 rounds twice: within its own noise).
-            prod = torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, self.weight, self.col_scale, self.zero_points, None,
-                                                      1.0, 0, x.dtype, "none", [], "")
-            y = native.rescale(prod, scale, self.bias, mid, weight_sum)
-        else:
-            y = native.dequantize(torch._int_mm(q, self.weight_t), scale, self.col_scale, self.bias, x.dtype, mid,
-                                  weight_sum)
-        return y.view(*x.shape[:-1], self.out_features)
+            return torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, self.weight, self.col_scale, self.zero_points, None,
+                                                      1.0, 0, dtype, "none", [], "")
+        return torch._int_mm(q, self.weight_t)
+
+    @property
+    def product_col_scale(self) -> torch.Tensor | None:
+        """The column scales `product` leaves to apply: None where oneDNN applied them."""
+        return None if self.kernel == "onednn" else self.col_scale
+
+    def from_quantized(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+                       mid: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's output (rows, out_features) in `dtype` for rows already quantized (q, scale,
+        and mid for a centered layer)."""
+        weight_sum = self.weight_sum if mid is not None else None
+        if self.kernel == "onednn":
+            return native.rescale(self.product(q, dtype), scale, self.bias, mid, weight_sum)
+        return native.dequantize(self.product(q, dtype), scale, self.col_scale, self.bias, dtype, mid, weight_sum)
 
     def extra_repr(self) -> str:
         kind = "centered per token" if self.centered else "per token"

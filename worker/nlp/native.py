@@ -1,5 +1,6 @@
-"""The C++ kernels of int8.py (int8_kernels.cpp): built once per host, kept in REVIEWS_HOME, called
-through ctypes on tensors' memory.
+"""The C++ kernels of the CPU forward (kernels.cpp: int8.py's quantize and dequantize, and the fused
+passes fast.py runs between products): built once per host, kept in REVIEWS_HOME, called through
+ctypes on tensors' memory.
 
 Why not torch.compile, which built them before: it compiled the four kernels again in every new
 process, 5.5-6.8 s of each worker's start on an int8 host (2.8 s of it importing torch's compiler),
@@ -33,11 +34,11 @@ from .precision_cache import locked
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("int8_kernels.cpp")
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+SOURCE = Path(__file__).with_name("kernels.cpp")
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 BUILD_TIMEOUT_S = 120
 
-_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_P, _I64, _INT, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
     # x, rows, k, q, scale, mid (or NULL), threads
     "quantize": (_P, _I64, _I64, _P, _P, _P, _INT),
@@ -45,7 +46,18 @@ _SIGNATURES = {
     "dequantize": (_P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT),
     # y (in place), rows, n, row_scale, bias, mid (or NULL), weight_sum (or NULL), threads
     "rescale": (_P, _I64, _I64, _P, _P, _P, _P, _INT),
+    # residual, y, rows, n, gamma, beta, eps, h, x, threads
+    "add_norm": (_P, _P, _I64, _I64, _P, _P, _F, _P, _P, _INT),
 }
+_FUSED = {  # one entry point each, the product's dtype passed as PROD_KINDS
+    # kind, prod, rows, n, row_scale, col_scale (or NULL), bias, mid, weight_sum, residual, gamma, beta, eps,
+    # h, q (or NULL), scale, threads
+    "reviews_product_add_norm_quantize": (_INT, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _F, _P, _P, _P, _INT),
+    # kind, prod, rows, n, row_scale, col_scale (or NULL), bias, q, scale, mid, threads
+    "reviews_product_gelu_quantize": (_INT, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT),
+    "reviews_gelu_f32": (_P, _I64, _P),
+}
+PROD_KINDS = {torch.int32: 0, torch.float32: 1, torch.bfloat16: 2}
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
@@ -69,7 +81,7 @@ def library_path(cxx: str) -> Path:
     parts = [SOURCE.read_bytes(), cxx.encode(), " ".join(FLAGS).encode(), cpu_model_name().encode(),
              " ".join(sorted(cpu_flags())).encode()]
     digest = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    return home_dir() / "cache" / "kernels" / f"int8-{digest}.so"
+    return home_dir() / "cache" / "kernels" / f"kernels-{digest}.so"
 
 
 def build(out: Path, cxx: str) -> float:
@@ -104,14 +116,29 @@ def library() -> ctypes.CDLL:
     if not path.exists():
         with locked(path):  # another process may be building it
             if not path.exists():
-                log.info("building the int8 kernels for this CPU (once): %s", path)
-                log.info("int8 kernels built in %.1f s", build(path, cxx))
+                log.info("building the CPU kernels for this CPU (once): %s", path)
+                log.info("CPU kernels built in %.1f s", build(path, cxx))
     lib = ctypes.CDLL(str(path))
     for kind, argtypes in _SIGNATURES.items():
         for suffix in _SUFFIX.values():
             fn = getattr(lib, f"reviews_{kind}_{suffix}")
             fn.argtypes, fn.restype = argtypes, None
+    for name, argtypes in _FUSED.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
     return lib
+
+
+@lru_cache(maxsize=1)
+def available() -> bool:
+    """True when the kernels build (or built before) and load here; else say why, once."""
+    try:
+        library()
+    except (BuildError, OSError, AttributeError) as exc:
+        log.warning("CPU kernels unavailable (%s: %s): torch ops between the products, no int8", type(exc).__name__,
+                    exc)
+        return False
+    return True
 
 
 def _rows(x: torch.Tensor, name: str) -> None:
@@ -182,3 +209,87 @@ def rescale(y: torch.Tensor, row_scale: torch.Tensor, bias: torch.Tensor, mid: t
         None if mid is None else mid.data_ptr(), None if weight_sum is None else weight_sum.data_ptr(),
         torch.get_num_threads())
     return y
+
+
+# -- fused passes (fast.py) ---------------------------------------------------------------------
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _product(prod: torch.Tensor, col_scale: torch.Tensor | None, name: str) -> tuple[int, int]:
+    """Checks an int8 layer's product: int32 sums with col_scale, or floats with the scales applied."""
+    if prod.dim() != 2 or not prod.is_contiguous() or prod.device.type != "cpu" or prod.dtype not in PROD_KINDS:
+        raise ValueError(f"{name}: needs a contiguous 2-d CPU product (int32, float32 or bfloat16), got "
+                         f"{tuple(prod.shape)} {prod.dtype}")
+    rows, n = prod.shape
+    if (prod.dtype == torch.int32) != (col_scale is not None):
+        raise ValueError(f"{name}: int32 sums need their column scales, float products have them applied")
+    if col_scale is not None:
+        _floats(name, n, col_scale=col_scale)
+    return rows, n
+
+
+def add_norm(residual: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float):
+    """h = LayerNorm(residual + y) as (h float32, h in y's dtype): the float engine's step after
+    a layer's attention and after its feed-forward, in one pass."""
+    _rows(y, "add_norm")
+    rows, n = y.shape
+    if residual.shape != y.shape or residual.dtype != torch.float32 or not residual.is_contiguous():
+        raise ValueError(f"add_norm: the residual must be contiguous float32 of {tuple(y.shape)}, got "
+                         f"{tuple(residual.shape)} {residual.dtype}")
+    _floats("add_norm", n, gamma=gamma, beta=beta)
+    h, x = torch.empty((rows, n), dtype=torch.float32), torch.empty((rows, n), dtype=y.dtype)
+    getattr(library(), f"reviews_add_norm_{_SUFFIX[y.dtype]}")(
+        residual.data_ptr(), y.data_ptr(), rows, n, gamma.data_ptr(), beta.data_ptr(), eps, h.data_ptr(),
+        x.data_ptr(), torch.get_num_threads())
+    return h, x
+
+
+def product_add_norm_quantize(prod: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor | None,
+                              bias: torch.Tensor, residual: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                              eps: float, mid: torch.Tensor | None = None, weight_sum: torch.Tensor | None = None,
+                              quantize_out: bool = True):
+    """The int8 engine's step after out_lin and lin2: h = LayerNorm(residual + the layer's output),
+    and h quantized per row for the next products. Returns (h float32, q int8, scale), q and scale
+    None when not quantize_out (the last layer)."""
+    rows, n = _product(prod, col_scale, "product_add_norm_quantize")
+    _floats("product_add_norm_quantize", rows, row_scale=row_scale)
+    _floats("product_add_norm_quantize", n, bias=bias, gamma=gamma, beta=beta)
+    _centering("product_add_norm_quantize", rows, n, mid, weight_sum)
+    if residual.shape != prod.shape or residual.dtype != torch.float32 or not residual.is_contiguous():
+        raise ValueError(f"product_add_norm_quantize: the residual must be contiguous float32 of "
+                         f"{tuple(prod.shape)}, got {tuple(residual.shape)} {residual.dtype}")
+    h = torch.empty((rows, n), dtype=torch.float32)
+    q = torch.empty((rows, n), dtype=torch.int8) if quantize_out else None
+    scale = torch.empty((rows, 1), dtype=torch.float32) if quantize_out else None
+    library().reviews_product_add_norm_quantize(
+        PROD_KINDS[prod.dtype], prod.data_ptr(), rows, n, row_scale.data_ptr(), _ptr(col_scale), bias.data_ptr(),
+        _ptr(mid), _ptr(weight_sum), residual.data_ptr(), gamma.data_ptr(), beta.data_ptr(), eps, h.data_ptr(),
+        _ptr(q), _ptr(scale), torch.get_num_threads())
+    return h, q, scale
+
+
+def product_gelu_quantize(prod: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor | None,
+                          bias: torch.Tensor):
+    """The int8 engine's step between lin1 and lin2: GELU of lin1's output, quantized around each
+    row's midrange. Returns (q int8, scale, mid), as quantize(..., centered=True)."""
+    rows, n = _product(prod, col_scale, "product_gelu_quantize")
+    _floats("product_gelu_quantize", rows, row_scale=row_scale)
+    _floats("product_gelu_quantize", n, bias=bias)
+    q = torch.empty((rows, n), dtype=torch.int8)
+    scale, mid = torch.empty((rows, 1), dtype=torch.float32), torch.empty((rows, 1), dtype=torch.float32)
+    library().reviews_product_gelu_quantize(
+        PROD_KINDS[prod.dtype], prod.data_ptr(), rows, n, row_scale.data_ptr(), _ptr(col_scale), bias.data_ptr(),
+        q.data_ptr(), scale.data_ptr(), mid.data_ptr(), torch.get_num_threads())
+    return q, scale, mid
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """The kernels' GELU on float32 values (what product_gelu_quantize applies), for the tests."""
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.device.type != "cpu":
+        raise ValueError(f"gelu: contiguous float32 CPU values, got {x.dtype}")
+    out = torch.empty_like(x)
+    library().reviews_gelu_f32(x.data_ptr(), x.numel(), out.data_ptr())
+    return out

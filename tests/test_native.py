@@ -1,4 +1,4 @@
-"""The C++ int8 kernels (worker/nlp/int8_kernels.cpp, built and called by worker/nlp/native.py)
+"""The C++ kernels (worker/nlp/kernels.cpp, built and called by worker/nlp/native.py)
 against the same math in plain torch, and the build cache: built once per host, then loaded."""
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def test_the_library_is_built_once_per_home_then_loaded(tmp_path):
 
     first, second = start(), start()
     assert "available True" in first.stdout, first.stderr
-    assert "building the int8 kernels" in first.stderr and "int8 kernels built in" in first.stderr
+    assert "building the CPU kernels" in first.stderr and "CPU kernels built in" in first.stderr
     assert len(list((tmp_path / "home" / "cache" / "kernels").glob("*.so"))) == 1
     assert "available True" in second.stdout, second.stderr
     assert "building" not in second.stderr
