@@ -161,3 +161,101 @@ def test_a_failed_build_names_the_compiler_and_leaves_nothing(tmp_path):
     with pytest.raises(native.BuildError, match=r"g\+\+ failed \(exit 1\): fatal error: torch/library.h"):
         native.build(out, str(broken))
     assert list(out.parent.iterdir()) == []  # no half-written library for the next start to load
+
+
+# -- the fused passes between products (fast.py) ----------------------------------------------------
+
+import torch.nn.functional as F  # noqa: E402
+
+
+def layer_inputs(rows, width, seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    residual = torch.randn(rows, width, generator=gen) * 3
+    gamma, beta = torch.rand(width, generator=gen) + 0.5, torch.randn(width, generator=gen) / 10
+    return gen, residual, gamma, beta
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 24), width=st.integers(1, 130), seed=st.integers(0, 2**31 - 1), dtype=DTYPES)
+def test_add_norm_is_add_then_layer_norm_then_cast(rows, width, seed, dtype):
+    gen, residual, gamma, beta = layer_inputs(rows, width, seed, dtype)
+    y = (torch.randn(rows, width, generator=gen) * 5).to(dtype)
+    with torch.inference_mode():
+        h, x = native.add_norm(residual, y, gamma, beta, 1e-12)
+        want = F.layer_norm(residual + y.float(), (width,), gamma, beta, 1e-12)
+    assert h.dtype == torch.float32 and x.dtype == dtype
+    assert torch.allclose(h, want, rtol=1e-5, atol=2e-5)
+    assert torch.equal(x, h.to(dtype))  # the same rounding as torch's cast
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.integers(1, 24), width=st.integers(1, 130), seed=st.integers(0, 2**31 - 1),
+       kind=st.sampled_from([torch.int32, torch.float32, torch.bfloat16]), centered=st.booleans(),
+       quantize_out=st.booleans())
+def test_product_add_norm_quantize_is_the_steps_it_fuses(rows, width, seed, kind, centered, quantize_out):
+    """int32 sums (torch._int_mm) with column scales, or floats with them applied (oneDNN): back to
+    floats, + residual, LayerNorm, then quantized per row for the next products."""
+    gen, residual, gamma, beta = layer_inputs(rows, width, seed, kind)
+    row_scale, bias = torch.rand(rows, 1, generator=gen) / 100 + 1e-4, torch.randn(width, generator=gen)
+    if kind == torch.int32:
+        prod = torch.randint(-2**16, 2**16, (rows, width), generator=gen, dtype=torch.int32)
+        col_scale = torch.rand(width, generator=gen) / 100
+        y = prod.float() * row_scale * col_scale + bias
+    else:
+        prod, col_scale = (torch.randn(rows, width, generator=gen) * 300).to(kind), None
+        y = prod.float() * row_scale + bias
+    mid = weight_sum = None
+    if centered:
+        mid, weight_sum = torch.randn(rows, 1, generator=gen), torch.randn(width, generator=gen)
+        y = y + mid * weight_sum
+    with torch.inference_mode():
+        h, q, scale = native.product_add_norm_quantize(prod, row_scale, col_scale, bias, residual, gamma, beta, 1e-12,
+                                                       mid, weight_sum, quantize_out=quantize_out)
+        want = F.layer_norm(residual + y, (width,), gamma, beta, 1e-12)
+    assert torch.allclose(h, want, rtol=1e-4, atol=1e-4)
+    if not quantize_out:
+        assert q is None and scale is None
+        return
+    q_ref, scale_ref = native.quantize(h)  # of the h it returned: the same values, quantized alike
+    assert torch.equal(q, q_ref) and torch.equal(scale, scale_ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 24), width=st.integers(1, 130), seed=st.integers(0, 2**31 - 1),
+       kind=st.sampled_from([torch.int32, torch.float32, torch.bfloat16]), spread=st.sampled_from([0.01, 1.0, 30.0]))
+def test_product_gelu_quantize_is_gelu_then_centered_quantize(rows, width, seed, kind, spread):
+    gen = torch.Generator().manual_seed(seed)
+    row_scale, bias = torch.rand(rows, 1, generator=gen) / 100 + 1e-4, torch.randn(width, generator=gen) * spread
+    if kind == torch.int32:
+        prod = torch.randint(-2**12, 2**12, (rows, width), generator=gen, dtype=torch.int32)
+        col_scale = torch.rand(width, generator=gen) * spread
+        y = prod.float() * row_scale * col_scale + bias
+    else:
+        prod, col_scale = (torch.randn(rows, width, generator=gen) * 100 * spread).to(kind), None
+        y = prod.float() * row_scale + bias
+    with torch.inference_mode():
+        q, scale, mid = native.product_gelu_quantize(prod, row_scale, col_scale, bias)
+        g = F.gelu(y)
+        q_ref, scale_ref, mid_ref = native.quantize(g, centered=True)
+    # GELU by a polynomial erf (torch's own, within 1.5e-7) and the scales' arithmetic: each value
+    # within one step of the quantization grid, the grid itself within float rounding.
+    assert torch.allclose(scale, scale_ref, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(mid, mid_ref, rtol=1e-5, atol=1e-6)
+    assert (q.int() - q_ref.int()).abs().max() <= 1
+    back = q.float() * scale + mid
+    assert torch.allclose(back, g, atol=float(scale.max()) * 0.51 + 1e-5)
+
+
+def test_the_fused_passes_refuse_mismatched_products_with_a_message():
+    prod, ones = torch.zeros(3, 5), torch.ones(5)
+    residual = torch.zeros(3, 5)
+    with pytest.raises(ValueError, match="int32 sums need their column scales, float products have them applied"):
+        native.product_add_norm_quantize(prod, torch.ones(3, 1), ones, ones, residual, ones, ones, 1e-12)
+    with pytest.raises(ValueError, match="int32 sums need their column scales"):
+        native.product_gelu_quantize(prod.int(), torch.ones(3, 1), None, ones)
+    with pytest.raises(ValueError, match="the residual must be contiguous float32 of \\(3, 5\\), got \\(3, 4\\)"):
+        native.product_add_norm_quantize(prod, torch.ones(3, 1), None, ones, torch.zeros(3, 4), ones, ones, 1e-12)
+    with pytest.raises(ValueError, match="needs a contiguous 2-d CPU product \\(int32, float32 or bfloat16\\), got \\(3, 5\\) torch.float16"):
+        native.product_gelu_quantize(prod.half(), torch.ones(3, 1), None, ones)
+    with pytest.raises(ValueError, match="add_norm: the residual must be contiguous float32"):
+        native.add_norm(residual.bfloat16(), prod, ones, ones, 1e-12)

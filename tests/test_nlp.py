@@ -221,6 +221,29 @@ def test_bf16_keeps_layernorms_and_embeddings_in_fp32(tiny_models):
     assert logits.dtype == torch.float32
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("task", ["sentiment", "ner"])
+def test_the_fused_cpu_forward_computes_what_the_torch_ops_did(tiny_models, task, precision):
+    """kernels.cpp's passes between the products (fast.py's fused layers) against the same forward
+    in torch ops. int8 differs a little by design: it quantizes the float32 LayerNorm output where
+    the torch ops quantized its bf16 copy."""
+    from worker.nlp import int8, native
+
+    if not native.available() or (precision == "int8" and not int8.available()):
+        pytest.skip("the CPU kernels do not build here")
+    loader = load_sentiment if task == "sentiment" else load_ner
+    fwd = loader(str(tiny_models[task]), device="cpu", precision=precision).forward._forward
+    assert fwd.fused and fwd.int8 == (precision == "int8")
+    ids, mask = _batch(fwd.model.config.vocab_size)
+    with torch.inference_mode():
+        got = fwd(ids, mask)
+        fwd.fused = False
+        want = fwd(ids, mask)
+    keep = mask.bool() if task == "ner" else slice(None)
+    tolerance = {"fp32": 1e-4, "bf16": 0.05, "int8": 0.1}[precision] * float(want[keep].abs().max())
+    assert torch.allclose(got[keep], want[keep], atol=tolerance)
+
+
 def _sentiment_model_of(architecture: str, directory, tiny_models, **size):
     """A tiny transformers sentiment model of `architecture` (e.g. "Bert") with the tiny tokenizer."""
     import transformers

@@ -14,6 +14,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -174,6 +177,55 @@ inline float gelu(float x) {
   return 0.5f * x * (1.0f + (z < 0.0f ? -e : e));
 }
 
+#ifdef __AVX512F__
+// The same GELU on 16 floats, written out because the compiler's version divides (a 16-wide divide
+// is slow: GELU ran at half torch's speed) where this takes a reciprocal estimate and one Newton
+// step (about 23 bits).
+inline __m512 exp_nonpositive16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+inline __m512 gelu16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f));
+  const __m512 a = _mm512_abs_ps(z);
+  const __m512 d = _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), one);
+  __m512 t = _mm512_rcp14_ps(d);
+  t = _mm512_mul_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(2.0f)));
+  __m512 poly = _mm512_fmadd_ps(_mm512_set1_ps(1.061405429f), t, _mm512_set1_ps(-1.453152027f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
+  poly = _mm512_mul_ps(poly, t);
+  const __m512 e = _mm512_fnmadd_ps(poly, exp_nonpositive16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a)), one);
+  const __m512i sign = _mm512_and_si512(_mm512_castps_si512(z), _mm512_set1_epi32(int32_t(0x80000000u)));
+  const __m512 erf = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(e), sign));
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, erf));
+}
+#endif
+
+// GELU of n floats in place.
+void gelu_row(float* __restrict__ x, int64_t n) {
+  int64_t c = 0;
+#ifdef __AVX512F__
+  for (; c + 16 <= n; c += 16) _mm512_storeu_ps(x + c, gelu16(_mm512_loadu_ps(x + c)));
+#endif
+  for (; c < n; ++c) x[c] = gelu(x[c]);
+}
+
 // One row of a product as floats: int32 sums scaled per column (torch._int_mm: col_scale given),
 // or floats with the column scales applied (oneDNN's int8 Linear: col_scale null; bf16 or f32).
 // Then the row scale, the centering term and the bias: the layer's output before what follows it.
@@ -259,7 +311,7 @@ void product_gelu_quantize_rows(const P* prod, int64_t rows, int64_t n, const fl
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       product_row(prod + r * n, n, row_scale[r], col_scale, bias, nullptr, nullptr, buf);
-      for (int64_t c = 0; c < n; ++c) buf[c] = gelu(buf[c]);
+      gelu_row(buf, n);
       scale[r] = quantize_row_centered(static_cast<const float*>(buf), n, q + r * n, mid + r);
     }
     delete[] buf;
@@ -346,8 +398,6 @@ void reviews_product_gelu_quantize(int prod_kind, const void* prod, int64_t rows
   }
 }
 
-void reviews_gelu_f32(const float* x, int64_t n, float* out) {  // for the tests: GELU alone
-  for (int64_t i = 0; i < n; ++i) out[i] = gelu(x[i]);
-}
+
 
 }  // extern "C"

@@ -55,7 +55,6 @@ _FUSED = {  # one entry point each, the product's dtype passed as PROD_KINDS
     "reviews_product_add_norm_quantize": (_INT, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _F, _P, _P, _P, _INT),
     # kind, prod, rows, n, row_scale, col_scale (or NULL), bias, q, scale, mid, threads
     "reviews_product_gelu_quantize": (_INT, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT),
-    "reviews_gelu_f32": (_P, _I64, _P),
 }
 PROD_KINDS = {torch.int32: 0, torch.float32: 1, torch.bfloat16: 2}
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
@@ -284,12 +283,3 @@ def product_gelu_quantize(prod: torch.Tensor, row_scale: torch.Tensor, col_scale
         PROD_KINDS[prod.dtype], prod.data_ptr(), rows, n, row_scale.data_ptr(), _ptr(col_scale), bias.data_ptr(),
         q.data_ptr(), scale.data_ptr(), mid.data_ptr(), torch.get_num_threads())
     return q, scale, mid
-
-
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    """The kernels' GELU on float32 values (what product_gelu_quantize applies), for the tests."""
-    if x.dtype != torch.float32 or not x.is_contiguous() or x.device.type != "cpu":
-        raise ValueError(f"gelu: contiguous float32 CPU values, got {x.dtype}")
-    out = torch.empty_like(x)
-    library().reviews_gelu_f32(x.data_ptr(), x.numel(), out.data_ptr())
-    return out
