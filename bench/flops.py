@@ -9,8 +9,9 @@ the engine achieves for the text it was given.
 
 The peak: the fastest of the model's linear shapes at 2048 rows, timed alone, per precision: bf16
 through torch's Linear or through oneDNN with the weight packed once (packed.py, what the engine
-runs), whichever is faster; int8 through torch._int_mm (the raw product, no quantizing). Nothing the
-engine does can run its products faster than that on this host with torch.
+runs), whichever is faster; int8 through torch._int_mm or oneDNN's quantized Linear on packed
+weights (int8.py's two kernels), whichever is faster, the raw product alone (no quantizing, no
+scaling). Nothing the engine does can run its products faster than that on this host with torch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from worker.nlp import packed
+from worker.nlp import int8, packed
 
 
 def model_flops(config, window_lengths: list[int]) -> float:
@@ -74,4 +75,9 @@ def matmul_peak(config, rows: int = 2048) -> dict[str, float]:
                 out["int8"] = max(out.get("int8", 0.0), flops / _seconds(lambda: torch._int_mm(xi, wi)))
             except RuntimeError:  # no int8 product on this build or device
                 pass
+            if int8.onednn_available():
+                qw = torch.ops.onednn.qlinear_prepack(wi.t().contiguous(), None)
+                scales, zeros = torch.ones(d_out), torch.zeros(d_out, dtype=torch.long)
+                out["int8"] = max(out.get("int8", 0.0), flops / _seconds(lambda: torch.ops.onednn.qlinear_pointwise(
+                    xi, 1.0, 0, qw, scales, zeros, None, 1.0, 0, torch.bfloat16, "none", [], "")))
     return out
