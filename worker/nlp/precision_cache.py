@@ -1,5 +1,5 @@
-"""The cache of `auto`'s choices (precision.py): REVIEWS_HOME/cache/precision.json, keyed by the CPU
-model name, torch version, torch threads, task and the model's shape. A missing, corrupt or
+"""The cache of `auto`'s choices (precision.py): REVIEWS_HOME/cache/precision.json, keyed by the
+engine's revision, the CPU model name, torch version, torch threads, task and the model's shape. A missing, corrupt or
 unreadable cache is ignored (and rewritten where it can be); a lock file makes processes that start
 together measure one at a time."""
 
@@ -19,6 +19,10 @@ from .cpu import cpu_model_name
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+# Part of every key: raised when the engine's speed at some precision changes enough to change a
+# choice (2: int8 through oneDNN's AMX kernel and fused passes, 1.3x faster on a Xeon with AMX,
+# where bf16 had been measured faster), so that hosts measure again instead of keeping it.
+ENGINE_REVISION = 2
 
 
 def cache_path() -> Path:
@@ -38,7 +42,8 @@ def model_shape(model) -> dict:
 
 def cache_key(model, task: str) -> str:
     s = model_shape(model)
-    return (f"cpu={cpu_model_name()} | torch={torch.__version__} | threads={torch.get_num_threads()} | "
+    return (f"engine={ENGINE_REVISION} | cpu={cpu_model_name()} | torch={torch.__version__} | "
+            f"threads={torch.get_num_threads()} | "
             f"task={task} | {s['type']} hidden={s['hidden']} layers={s['layers']} heads={s['heads']} "
             f"intermediate={s['intermediate']}")
 
