@@ -111,8 +111,9 @@ def wait_for_job(ctx: Context, job_id: int, timeout: float | None) -> int:
     with sessions() as s:
         p = jobs.progress(s, job_id)
     if not p.finished and consumers(ctx.app()) == 0:
-        click.echo("warning: no worker consumes queue 'inference' right now; start one with `reviews worker`",
-                   err=True)
+        # A solo worker busy with a batch answers only between batches: say both causes.
+        click.echo("warning: no worker answered on queue 'inference' within 2 s: none runs, or each is busy with "
+                   "a batch; if none runs, start one with `reviews worker`", err=True)
     started = time.monotonic()
     with click.progressbar(length=max(p.total, 1), label=f"job {job_id}", file=sys.stderr, show_pos=True) as bar:
         seen = 0

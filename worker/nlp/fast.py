@@ -86,8 +86,6 @@ class DistilBertForward:
     def __init__(self, model, per_token: bool, cls_only: bool = True, attention_dtype: torch.dtype | None = None,
                  marking=None, fused: bool | None = None):
         """fused: use kernels.cpp's passes on CPU (default: where they build)."""
-        from . import int8, native
-
         self.model = model
         # casing.CaseMarking of the "added" style: ids carry each piece's case (casing.py).
         self.marking = marking if marking is not None and marking.style == "added" else None
@@ -101,10 +99,12 @@ class DistilBertForward:
         self.dtype = weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
         # The dtype of q, k and v in attention: that of the products unless told (batching.Forward).
         self.attention_dtype = attention_dtype or self.dtype
-        self.fused = native.available() if fused is None else fused
+        self.fused = fused  # None: decided at the first call on CPU (a CUDA worker never builds them)
         ffn = self.layers[0].ffn
-        # The int8 layer's fused passes know one feed-forward: GELU, lin2 quantized around its midrange.
-        self.int8 = (isinstance(ffn.lin1, int8.Int8Linear) and getattr(ffn.lin2, "centered", False)
+        # int8.Int8Linear layers (known by their `product`: int8.py imports this module, not the
+        # reverse). The int8 layer's fused passes know one feed-forward: GELU, then lin2 quantized
+        # around its midrange.
+        self.int8 = (callable(getattr(ffn.lin1, "product", None)) and getattr(ffn.lin2, "centered", False)
                      and getattr(model.config, "activation", "gelu") == "gelu")
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -121,7 +121,9 @@ class DistilBertForward:
             full = bool(keep.all())
         mask = None if full else keep[:, None, None, :]  # (batch, 1, 1, keys): True = attend
         last = len(self.layers) - 1
-        fused = self.fused and not h.is_cuda
+        if self.fused is None and not h.is_cuda:
+            self.fused = native.available()
+        fused = bool(self.fused) and not h.is_cuda
         kernels = sdpa_kernel(CUDA_ATTENTION) if h.is_cuda else contextlib.nullcontext()
         with kernels:
             if fused and self.int8:
