@@ -30,6 +30,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # The attention kernels allowed on CUDA: all but cuDNN's (see the module's docstring).
 CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def supports(model) -> bool:
     """A DistilBERT with a sequence or token classification head, laid out as transformers has
     done since its first release."""
@@ -142,7 +144,7 @@ class DistilBertForward:
         pooled = F.relu(self.model.pre_classifier(h[:, 0].to(self.dtype)))
         return self.model.classifier(pooled).float()
 
-    def _attention(self, att, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                    batch: int, dim: int) -> torch.Tensor:
         """Attention over the heads of q, k, v (batch * positions, dim): (batch, positions of q, dim)
         in the products' dtype."""
@@ -160,7 +162,7 @@ class DistilBertForward:
         x = h.to(dt)
         residual = h[:, :1] if cls_only else h
         queries = x[:, :1] if cls_only else x
-        a = att.out_lin(self._attention(att, att.q_lin(queries), att.k_lin(x), att.v_lin(x), mask, batch, dim))
+        a = att.out_lin(self._attention(att.q_lin(queries), att.k_lin(x), att.v_lin(x), mask, batch, dim))
         # residual (float32) + a (bf16) promotes to float32 in one pass, where a.float() took a second.
         h = layer.sa_layer_norm(residual + a)
         ffn = layer.ffn
@@ -176,7 +178,7 @@ class DistilBertForward:
         batch, width, dim = h.shape
         residual = h[:, :1] if cls_only else h
         queries = x[:, :1] if cls_only else x
-        a = att.out_lin(self._attention(att, att.q_lin(queries), att.k_lin(x), att.v_lin(x), mask, batch, dim))
+        a = att.out_lin(self._attention(att.q_lin(queries), att.k_lin(x), att.v_lin(x), mask, batch, dim))
         sa, out = layer.sa_layer_norm, layer.output_layer_norm
         h, x = native.add_norm(residual.reshape(-1, dim).contiguous(), a.view(-1, dim), sa.weight, sa.bias, sa.eps)
         f = ffn.lin2(ffn.activation(ffn.lin1(x)))
@@ -185,7 +187,8 @@ class DistilBertForward:
 
     def _int8_layer(self, layer, h: torch.Tensor, x: tuple, mask: torch.Tensor | None, cls_only: bool, last: bool):
         """One layer of int8 products (int8.Int8Linear) on CPU: x is h quantized per token, (q, scale),
-        made by the previous layer's last pass; returns the next (h, x) (x None after the last layer)."""
+        made by the previous layer's last pass; returns the next (h, x) (x (None, None) after the last
+        layer, which nothing reads)."""
         from . import native
 
         att, ffn, dt = layer.attention, layer.ffn, self.dtype
@@ -196,7 +199,7 @@ class DistilBertForward:
             qq, qs, residual = q8[cls], s8[cls], h[:, 0].contiguous()
         else:
             qq, qs, residual = q8, s8, h.view(-1, dim)
-        a = self._attention(att, att.q_lin.from_quantized(qq, qs, dt), att.k_lin.from_quantized(q8, s8, dt),
+        a = self._attention(att.q_lin.from_quantized(qq, qs, dt), att.k_lin.from_quantized(q8, s8, dt),
                             att.v_lin.from_quantized(q8, s8, dt), mask, batch, dim)
         aq, as_ = native.quantize(a.view(-1, dim))
         out, sa = att.out_lin, layer.sa_layer_norm
