@@ -130,6 +130,9 @@ def engine_runs(dirs: dict[str, str], texts: list[str], warm: list[str], batch_s
     from worker.nlp.ner import load_ner
     from worker.nlp.sentiment import load_sentiment
 
+    from worker.memory import keep_freed_memory
+
+    keep_freed_memory()  # as a worker process does (worker/memory.py): like for like with end to end
     options = Settings.from_env().engine_options()  # the engine as the worker runs it
     sentiment = load_sentiment(dirs["sentiment"], options)
     ner = load_ner(dirs["ner"], options)

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from . import registry, rollups
+from . import memory, registry, rollups
 from .config import Settings
 from .db import session_factory
 from .nlp.ner import NerModel, load_ner
@@ -33,6 +33,7 @@ class Resources:
         import torch
 
         self.settings = settings
+        memory.keep_freed_memory()  # before the models' first allocations
         self.sessions = session_factory(settings.database_url)
         self.rollups = rollups.Folder(settings.rollup_fold_seconds)
         self._loaded: dict[int, SentimentModel | NerModel] = {}  # model_versions.id -> model
