@@ -59,6 +59,22 @@ def cpu_has_vnni() -> bool:
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
 
 
+def fastest(runs: dict, rounds: int = 5) -> tuple:
+    """Which of `runs` (name -> function of no arguments) is fastest here: each run once to warm up
+    (oneDNN builds its kernels for a shape on the first call), then `rounds` rounds, interleaved so
+    that a noisy, shared host slows all alike. Returns (the name, {name: median seconds})."""
+    for run in runs.values():
+        run()
+    times: dict = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return min(median, key=median.get), median
+
+
 # The batches cpu_attention_dtype times: (rows, width) of 1024 tokens, a typical review and the
 # longest window, the last rows padded as in a length-sorted batch.
 ATTENTION_PROBES = ((8, 128), (2, 512))
@@ -79,22 +95,12 @@ def cpu_attention_dtype(heads: int, head_dim: int) -> torch.dtype:
         mask[rows // 2:, ..., width - width // 8:] = False
         probes.append((q, k, v, mask))
     runs = {
-        torch.bfloat16: lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
-        torch.float32: lambda q, k, v, m: F.scaled_dot_product_attention(
-            q.float(), k.float(), v.float(), attn_mask=m).to(torch.bfloat16),
+        torch.bfloat16: lambda: [F.scaled_dot_product_attention(q, k, v, attn_mask=m) for q, k, v, m in probes],
+        torch.float32: lambda: [F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=m)
+                                .to(torch.bfloat16) for q, k, v, m in probes],
     }
-    times: dict[torch.dtype, list[float]] = {dt: [] for dt in runs}
     with torch.inference_mode():
-        for run in runs.values():
-            run(*probes[0])
-        for _ in range(5):
-            for dt, run in runs.items():
-                started = time.perf_counter()
-                for probe in probes:
-                    run(*probe)
-                times[dt].append(time.perf_counter() - started)
-    median = {dt: sorted(t)[len(t) // 2] for dt, t in times.items()}
-    pick = min(median, key=median.get)
+        pick, median = fastest(runs)
     log.info("attention between bf16 products: %s (bf16 %.1f ms, fp32 %.1f ms)", str(pick).removeprefix("torch."),
              1000 * median[torch.bfloat16], 1000 * median[torch.float32])
     return pick

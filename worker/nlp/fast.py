@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import native
+
 # The attention kernels allowed on CUDA: all but cuDNN's (see the module's docstring).
 CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
@@ -111,8 +113,6 @@ class DistilBertForward:
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  full: bool | None = None) -> torch.Tensor:
-        from . import native
-
         emb = self.base.embeddings
         width = input_ids.shape[1]
         words = emb.word_embeddings(input_ids) if self.marking is None else self.marking.embed(emb.word_embeddings, input_ids)
@@ -172,8 +172,6 @@ class DistilBertForward:
     def _fused_layer(self, layer, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, cls_only: bool):
         """One layer on CPU with float products: (h, x) in, h the float32 residual stream and x the
         same in the products' dtype; add + LayerNorm + cast as one pass of kernels.cpp."""
-        from . import native
-
         att, ffn = layer.attention, layer.ffn
         batch, width, dim = h.shape
         residual = h[:, :1] if cls_only else h
@@ -189,8 +187,6 @@ class DistilBertForward:
         """One layer of int8 products (int8.Int8Linear) on CPU: x is h quantized per token, (q, scale),
         made by the previous layer's last pass; returns the next (h, x) (x (None, None) after the last
         layer, which nothing reads)."""
-        from . import native
-
         att, ffn, dt = layer.attention, layer.ffn, self.dtype
         batch, width, dim = h.shape
         q8, s8 = x

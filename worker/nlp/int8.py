@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from . import native
-from .cpu import DTYPES, cpu_float_precision
+from .cpu import DTYPES, cpu_float_precision, fastest
+from .precision_cache import feed_forward_sizes
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +109,8 @@ def product_kernel(hidden: int = 768, intermediate: int = 3072) -> str:
     shapes = [(hidden, intermediate), (intermediate, hidden)]
     layers = {k: [Int8Linear(nn.Linear(i, o), kernel=k) for i, o in shapes] for k in KERNELS}
     inputs = [torch.randn(KERNEL_PROBE_ROWS, i, generator=gen).to(dtype) for i, _ in shapes]
-    times: dict[str, list[float]] = {k: [] for k in KERNELS}
     with torch.inference_mode():
-        for k in KERNELS:  # warm-up: oneDNN builds its kernel for a shape on the first call
-            for layer, x in zip(layers[k], inputs):
-                layer(x)
-        for _ in range(5):
-            for k in KERNELS:
-                started = time.perf_counter()
-                for layer, x in zip(layers[k], inputs):
-                    layer(x)
-                times[k].append(time.perf_counter() - started)
-    median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    pick = min(KERNELS, key=median.get)
+        pick, median = fastest({k: lambda k=k: [layer(x) for layer, x in zip(layers[k], inputs)] for k in KERNELS})
     log.info("int8 product for hidden %d / %d: %s (%s)", hidden, intermediate, pick,
              ", ".join(f"{k} {1000 * t:.2f} ms" for k, t in median.items()))
     return pick
@@ -196,16 +186,9 @@ def quantize_linears(model: nn.Module, keep: tuple[str, ...] = ("classifier",),
     from .fast import replace_linears
 
     available()  # build or load the kernels now, not in the first batch
-    kernel = product_kernel(*_feed_forward_sizes(model))
+    kernel = product_kernel(*feed_forward_sizes(model))
     return replace_linears(model, lambda linear, full: Int8Linear(linear, centered=full.endswith(centered),
                                                                   kernel=kernel), keep)
-
-
-def _feed_forward_sizes(model: nn.Module) -> tuple[int, int]:
-    """(hidden, intermediate) of the model's feed-forward: DistilBERT's config names, else BERT's."""
-    c = getattr(model, "config", None)
-    hidden = getattr(c, "dim", None) or getattr(c, "hidden_size", None) or 768
-    return hidden, getattr(c, "hidden_dim", None) or getattr(c, "intermediate_size", None) or 4 * hidden
 
 
 def product_ratio(hidden: int, intermediate: int, rows: int) -> float:

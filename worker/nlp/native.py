@@ -140,6 +140,10 @@ def available() -> bool:
     return True
 
 
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
 def _rows(x: torch.Tensor, name: str) -> None:
     if x.dim() != 2 or not x.is_contiguous() or x.device.type != "cpu":
         raise ValueError(f"{name}: needs a contiguous 2-d CPU tensor, got shape {tuple(x.shape)} on {x.device}"
@@ -162,7 +166,7 @@ def quantize(x: torch.Tensor, centered: bool = False):
     scale = torch.empty((rows, 1), dtype=torch.float32)
     mid = torch.empty((rows, 1), dtype=torch.float32) if centered else None
     getattr(library(), f"reviews_quantize_{_SUFFIX[x.dtype]}")(
-        x.data_ptr(), rows, k, q.data_ptr(), scale.data_ptr(), None if mid is None else mid.data_ptr(),
+        x.data_ptr(), rows, k, q.data_ptr(), scale.data_ptr(), _ptr(mid),
         torch.get_num_threads())
     return (q, scale, mid) if centered else (q, scale)
 
@@ -188,9 +192,8 @@ def dequantize(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tens
     _centering("dequantize", rows, n, mid, weight_sum)
     out = torch.empty((rows, n), dtype=dtype)
     getattr(library(), f"reviews_dequantize_{_SUFFIX[dtype]}")(
-        acc.data_ptr(), rows, n, row_scale.data_ptr(), col_scale.data_ptr(), bias.data_ptr(),
-        None if mid is None else mid.data_ptr(), None if weight_sum is None else weight_sum.data_ptr(),
-        out.data_ptr(), torch.get_num_threads())
+        acc.data_ptr(), rows, n, row_scale.data_ptr(), col_scale.data_ptr(), bias.data_ptr(), _ptr(mid),
+        _ptr(weight_sum), out.data_ptr(), torch.get_num_threads())
     return out
 
 
@@ -204,17 +207,12 @@ def rescale(y: torch.Tensor, row_scale: torch.Tensor, bias: torch.Tensor, mid: t
     _floats("rescale", n, bias=bias)
     _centering("rescale", rows, n, mid, weight_sum)
     getattr(library(), f"reviews_rescale_{_SUFFIX[y.dtype]}")(
-        y.data_ptr(), rows, n, row_scale.data_ptr(), bias.data_ptr(),
-        None if mid is None else mid.data_ptr(), None if weight_sum is None else weight_sum.data_ptr(),
+        y.data_ptr(), rows, n, row_scale.data_ptr(), bias.data_ptr(), _ptr(mid), _ptr(weight_sum),
         torch.get_num_threads())
     return y
 
 
 # -- fused passes (fast.py) ---------------------------------------------------------------------
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else t.data_ptr()
 
 
 def _product(prod: torch.Tensor, col_scale: torch.Tensor | None, name: str) -> tuple[int, int]:
@@ -230,14 +228,18 @@ def _product(prod: torch.Tensor, col_scale: torch.Tensor | None, name: str) -> t
     return rows, n
 
 
+def _residual(name: str, residual: torch.Tensor, shape: torch.Size) -> None:
+    if residual.shape != shape or residual.dtype != torch.float32 or not residual.is_contiguous():
+        raise ValueError(f"{name}: the residual must be contiguous float32 of {tuple(shape)}, got "
+                         f"{tuple(residual.shape)} {residual.dtype}")
+
+
 def add_norm(residual: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float):
     """h = LayerNorm(residual + y) as (h float32, h in y's dtype): the float engine's step after
     a layer's attention and after its feed-forward, in one pass."""
     _rows(y, "add_norm")
     rows, n = y.shape
-    if residual.shape != y.shape or residual.dtype != torch.float32 or not residual.is_contiguous():
-        raise ValueError(f"add_norm: the residual must be contiguous float32 of {tuple(y.shape)}, got "
-                         f"{tuple(residual.shape)} {residual.dtype}")
+    _residual("add_norm", residual, y.shape)
     _floats("add_norm", n, gamma=gamma, beta=beta)
     h, x = torch.empty((rows, n), dtype=torch.float32), torch.empty((rows, n), dtype=y.dtype)
     getattr(library(), f"reviews_add_norm_{_SUFFIX[y.dtype]}")(
@@ -257,9 +259,7 @@ def product_add_norm_quantize(prod: torch.Tensor, row_scale: torch.Tensor, col_s
     _floats("product_add_norm_quantize", rows, row_scale=row_scale)
     _floats("product_add_norm_quantize", n, bias=bias, gamma=gamma, beta=beta)
     _centering("product_add_norm_quantize", rows, n, mid, weight_sum)
-    if residual.shape != prod.shape or residual.dtype != torch.float32 or not residual.is_contiguous():
-        raise ValueError(f"product_add_norm_quantize: the residual must be contiguous float32 of "
-                         f"{tuple(prod.shape)}, got {tuple(residual.shape)} {residual.dtype}")
+    _residual("product_add_norm_quantize", residual, prod.shape)
     h = torch.empty((rows, n), dtype=torch.float32)
     q = torch.empty((rows, n), dtype=torch.int8) if quantize_out else None
     scale = torch.empty((rows, 1), dtype=torch.float32) if quantize_out else None

@@ -39,7 +39,7 @@ import torch
 
 from . import batching, int8
 from .cpu import cpu_float_precision, cpu_has_fast_bf16, others_busy
-from .precision_cache import cache_key, cache_path, locked, model_shape, read_cache, write_cache
+from .precision_cache import cache_key, cache_path, feed_forward_sizes, locked, read_cache, write_cache
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,7 @@ def measure(model, tokenizer, device: torch.device, task: str, precisions: list[
         precisions = ["fp32", *precisions]
     dropped: dict[str, str] = {}
     if "int8" in precisions and device.type == "cpu":
-        shape = model_shape(model)
-        ratio = int8.product_ratio(shape["hidden"] or 768, shape["intermediate"] or 3072, PROBE_ROWS)
+        ratio = int8.product_ratio(*feed_forward_sizes(model), PROBE_ROWS)
         if ratio > DROP_SLOWER_THAN_FP32:
             dropped["int8"] = f"its product ran {ratio:.0f}x fp32's at the model's shapes, before any batch"
     forwards = {p: batching.Forward(model if p == "fp32" else copy.deepcopy(model), device, p, per_token)

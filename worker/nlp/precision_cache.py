@@ -40,6 +40,13 @@ def model_shape(model) -> dict:
         k: next((getattr(c, n) for n in ns if getattr(c, n, None) is not None), None) for k, ns in names.items()}
 
 
+def feed_forward_sizes(model) -> tuple[int, int]:
+    """(hidden, intermediate) of the model's feed-forward, DistilBERT-base's where the config lacks them."""
+    s = model_shape(model)
+    hidden = s["hidden"] or 768
+    return hidden, s["intermediate"] or 4 * hidden
+
+
 def cache_key(model, task: str) -> str:
     s = model_shape(model)
     return (f"engine={ENGINE_REVISION} | cpu={cpu_model_name()} | torch={torch.__version__} | "
