@@ -408,6 +408,36 @@ def test_both_int8_products_give_the_same_outputs_and_the_faster_one_is_measured
     assert f"int8 product for hidden 96 / 80: {pick} (int_mm " in caplog.text and "onednn " in caplog.text
 
 
+def test_onednn_int8_is_offered_only_where_it_runs_a_real_kernel():
+    """Without AMX, oneDNN ran this torch's s8 x s8 product in its reference kernel (ref_int8) on an
+    AVX-512 EPYC: 0.8 s for 128 x 768 x 768, some 3,000x torch._int_mm, and product_kernel's probe
+    took minutes of every worker's start. Where onednn_available() says yes, the product must be in
+    the same league as _int_mm."""
+    import time
+
+    from worker.nlp import int8
+
+    if not int8.onednn_available():
+        pytest.skip("oneDNN's int8 Linear is not offered on this CPU")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(768, 768)
+    x = torch.randn(128, 768)
+
+    def best(layer) -> float:
+        layer(x)
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            layer(x)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    with torch.inference_mode():
+        onednn = best(int8.Int8Linear(linear, kernel="onednn"))
+        int_mm = best(int8.Int8Linear(linear, kernel="int_mm"))
+    assert onednn < 10 * int_mm, f"oneDNN {onednn * 1000:.1f} ms against _int_mm {int_mm * 1000:.1f} ms"
+
+
 def test_attention_dtype_between_bf16_products_is_measured_and_used(tiny_models, caplog):
     """fp32 attention ran faster on an AVX-512 EPYC, bf16 2-3x faster on a Xeon with AMX: the engine
     times both once per process and both bf16 and int8 engines use the pick."""

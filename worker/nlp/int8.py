@@ -34,6 +34,9 @@ from .precision_cache import feed_forward_sizes
 log = logging.getLogger(__name__)
 
 KERNELS = ("int_mm", "onednn")
+# Without AMX, this torch's oneDNN ran the s8 x s8 product in its reference kernel, about 3,000x
+# slower than torch._int_mm (an AVX-512 EPYC), where a real kernel is within 1-3x either way.
+REFERENCE_SLOWDOWN = 10.0
 KERNEL_PROBE_ROWS = 512  # tokens in each timed product of product_kernel: a quarter of a CPU batch
 
 
@@ -91,10 +94,22 @@ def onednn_available() -> bool:
                 xin = x + 1 if centered else x
                 if not torch.allclose(layer(xin.to(dtype)).float(), linear(xin), atol=0.5):
                     raise RuntimeError("oneDNN's int8 product gave wrong results")
+            slowdown = _onednn_slowdown(dtype)
+        if slowdown > REFERENCE_SLOWDOWN:  # oneDNN's reference kernel (ref_int8): no candidate
+            raise RuntimeError(f"oneDNN's int8 product ran {slowdown:.0f}x slower than torch._int_mm")
     except Exception as exc:  # an old build, a CPU oneDNN has no int8 kernel for: _int_mm serves
         log.info("oneDNN's int8 Linear unavailable (%s: %s); int8 uses torch._int_mm", type(exc).__name__, exc)
         return False
     return True
+
+
+def _onednn_slowdown(dtype: torch.dtype) -> float:
+    """oneDNN's Int8Linear time over _int_mm's, one call each after a warm-up, on a product small
+    enough that a reference kernel costs tens of milliseconds, not the seconds of a real shape."""
+    layers = {k: Int8Linear(nn.Linear(256, 256), kernel=k) for k in KERNELS}
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(2)).to(dtype)
+    _, seconds = fastest({k: lambda k=k: layers[k](x) for k in KERNELS}, rounds=1)
+    return seconds["onednn"] / seconds["int_mm"]
 
 
 @lru_cache(maxsize=8)
