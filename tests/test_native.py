@@ -259,3 +259,52 @@ def test_the_fused_passes_refuse_mismatched_products_with_a_message():
         native.product_gelu_quantize(prod.half(), torch.ones(3, 1), None, ones)
     with pytest.raises(ValueError, match="add_norm: the residual must be contiguous float32"):
         native.add_norm(residual.bfloat16(), prod, ones, ones, 1e-12)
+
+
+# -- attention (fast.py's native_attention) ----------------------------------------------------------
+
+needs_native_attention = pytest.mark.skipif(not native.attention_available(),
+                                            reason="no native attention here (it needs AVX-512 BF16)")
+
+
+@needs_native_attention
+@settings(max_examples=80, deadline=None)
+@given(rows=st.integers(1, 4), width=st.integers(1, 90), heads=st.integers(1, 3),
+       head_dim=st.sampled_from([16, 32, 48, 64, 128]), cls_only=st.booleans(), seed=st.integers(0, 2**31 - 1),
+       loud=st.floats(0.1, 8.0))
+def test_attention_is_softmax_of_scores_times_values(rows, width, heads, head_dim, cls_only, seed, loud):
+    """Against torch's attention in float32 on the same bf16 inputs, for rows padded on the right
+    (any lengths, odd ones and a single key included): the outputs a forward reads agree to about
+    bf16's rounding of the probabilities and the output; queries past a row's length get zeros."""
+    gen = torch.Generator().manual_seed(seed)
+    dim = heads * head_dim
+    q, k, v = ((torch.randn(rows * width, dim, generator=gen) * loud).bfloat16() for _ in range(3))
+    lengths = torch.randint(1, width + 1, (rows,), generator=gen)
+    lengths[0] = width
+    keep = torch.arange(width)[None, :] < lengths[:, None]
+    split = lambda t: t.float().view(rows, -1, heads, head_dim).transpose(1, 2)  # noqa: E731
+    want = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=keep[:, None, None, :])
+    want = want.transpose(1, 2).reshape(rows, width, dim)
+    if cls_only:
+        q, want = q.view(rows, width, dim)[:, 0].contiguous(), want[:, :1]
+    got = native.attention(q, k, v, lengths, heads).float().view(rows, -1, dim)
+    live = keep[:, : got.shape[1]]
+    tolerance = 0.02 * float(v.float().abs().max())
+    assert torch.allclose(got[live], want[live], atol=tolerance, rtol=0.02)
+    assert not got[~live].any()
+
+
+@needs_native_attention
+def test_attention_refuses_what_it_cannot_compute_with_a_message():
+    q = torch.zeros(6, 32, dtype=torch.bfloat16)
+    three = torch.tensor([3, 3])
+    with pytest.raises(ValueError, match=r"attention: k must be contiguous 2-d bf16 on CPU, got \(6, 32\) torch.float32"):
+        native.attention(q, q.float(), q, three, 2)
+    with pytest.raises(ValueError, match="head size a multiple of 16"):
+        native.attention(q, q, q, three, 4)
+    with pytest.raises(ValueError, match="lengths must lie in 1..3"):
+        native.attention(q, q, q, torch.tensor([3, 0]), 2)
+    with pytest.raises(ValueError, match="q has 4 rows, for 2 rows of 3 positions"):
+        native.attention(q[:4], q, q, three, 2)
+    with pytest.raises(ValueError, match="lengths must be contiguous int64"):
+        native.attention(q, q, q, three.int(), 2)

@@ -162,7 +162,8 @@ def test_pickle_weights_are_refused(tmp_path, tiny_models):
     for f in tiny_models["sentiment"].iterdir():
         if f.name != "model.safetensors":
             (only_pickle / f.name).write_bytes(f.read_bytes())
-    model = load_sentiment(str(tiny_models["sentiment"])).model
+    # fp32: a bf16 engine's weights may be packed for oneDNN (packed.py), which torch.save cannot write
+    model = load_sentiment(str(tiny_models["sentiment"]), precision="fp32").model
     torch.save(model.state_dict(), only_pickle / "pytorch_model.bin")
     with pytest.raises(ModelLoadError):
         load_sentiment(str(only_pickle))
@@ -438,25 +439,55 @@ def test_onednn_int8_is_offered_only_where_it_runs_a_real_kernel():
     assert onednn < 10 * int_mm, f"oneDNN {onednn * 1000:.1f} ms against _int_mm {int_mm * 1000:.1f} ms"
 
 
-def test_attention_dtype_between_bf16_products_is_measured_and_used(tiny_models, caplog):
-    """fp32 attention ran faster on an AVX-512 EPYC, bf16 2-3x faster on a Xeon with AMX: the engine
-    times both once per process and both bf16 and int8 engines use the pick."""
+def test_cpu_attention_between_bf16_products_is_measured_and_used(tiny_models, caplog):
+    """torch's fp32 attention ran faster than its bf16 on an AVX-512 EPYC, its bf16 2-3x faster on a
+    Xeon with AMX, kernels.cpp's 2-3x torch's best on the EPYC: the engine times them once per
+    process and both bf16 and int8 engines use the pick."""
+    from worker.nlp import cpu, native
     from worker.nlp import device as dev
-    from worker.nlp import cpu
 
     if not dev.cpu_has_fast_bf16():
         pytest.skip("no fast bf16 on this CPU: attention stays fp32 there, nothing is measured")
-    cpu.cpu_attention_dtype.cache_clear()
+    cpu.cpu_attention.cache_clear()
     with caplog.at_level("INFO", logger="worker.nlp.cpu"):
-        pick = cpu.cpu_attention_dtype(2, 16)
-    assert pick in (torch.bfloat16, torch.float32)
-    assert f"attention between bf16 products: {str(pick)[6:]} (bf16 " in caplog.text and " ms, fp32 " in caplog.text
+        pick = cpu.cpu_attention(2, 16)
+    assert pick in cpu.ATTENTION_KERNELS
+    assert f"attention between bf16 products: {pick} (bf16 " in caplog.text and " ms, fp32 " in caplog.text
+    assert (", native " in caplog.text) == native.attention_available()
     for precision in ("bf16", "int8"):
         engine = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision=precision)
-        config = engine.model.config
-        assert engine.forward._forward.attention_dtype == cpu.cpu_attention_dtype(config.n_heads,
-                                                                                   config.dim // config.n_heads)
-    assert load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").forward._forward.attention_dtype == torch.float32
+        config, fwd = engine.model.config, engine.forward._forward
+        pick = cpu.cpu_attention(config.n_heads, config.dim // config.n_heads)
+        assert fwd.native_attention == (pick == "native")
+        assert fwd.attention_dtype == (torch.float32 if pick == "fp32" else torch.bfloat16)
+    fp32 = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").forward._forward
+    assert fp32.attention_dtype == torch.float32 and not fp32.native_attention
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("task", ["sentiment", "ner"])
+def test_native_attention_in_the_forward_computes_what_torch_attention_did(tiny_models, task, precision):
+    """The same engine with kernels.cpp's attention and with torch's (bf16), on a batch with padded
+    rows: the logits of the positions anyone reads agree to bf16's rounding; a mask that is not
+    padding on the right falls back to torch's."""
+    from worker.nlp import fast, int8, native
+
+    if not native.attention_available() or (precision == "int8" and not int8.available()):
+        pytest.skip("no native attention here (it needs AVX-512 BF16 and a C++ compiler)")
+    loader = load_sentiment if task == "sentiment" else load_ner
+    fwd = loader(str(tiny_models[task]), device="cpu", precision=precision).forward._forward
+    ids, mask = _batch(fwd.model.config.vocab_size)
+    with torch.inference_mode():
+        fwd.native_attention, fwd.attention_dtype = True, torch.bfloat16
+        got = fwd(ids, mask)
+        fwd.native_attention = False
+        want = fwd(ids, mask)
+    keep = mask.bool() if task == "ner" else slice(None)
+    assert torch.allclose(got[keep], want[keep], atol=0.05 * float(want[keep].abs().max()))
+    holes = mask.clone()
+    holes[0, 3] = 0  # a key masked inside a row: no prefix, no lengths
+    assert fast.prefix_lengths(holes.bool()) is None
+    assert fast.prefix_lengths(mask.bool()).tolist() == mask.sum(1).tolist()
 
 
 def test_auto_precision_is_measured_on_the_model_and_never_int8_for_training(tiny_models, tmp_path, monkeypatch):

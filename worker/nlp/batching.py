@@ -156,13 +156,15 @@ class Forward:
         elif self.fast and pack_weights and device.type == "cpu" and precision == "bf16" and packed.available():
             packed.pack_linears(model)
         if self.fast:
-            # Attention's dtype on CPU is measured (cpu.cpu_attention_dtype): fp32 or bf16 is the
-            # faster depending on the CPU, and it is the largest cost after the products.
-            attention_dtype = None
+            # Attention on CPU is measured (cpu.cpu_attention): torch's in fp32 or bf16, or the native
+            # kernel, depending on the CPU; it is the largest cost after the products.
+            attention = None
             if device.type == "cpu" and float_precision == "bf16":
                 config = model.config
-                attention_dtype = cpu.cpu_attention_dtype(config.n_heads, config.dim // config.n_heads)
-            self._forward = fast.DistilBertForward(model, per_token, attention_dtype=attention_dtype, marking=marking)
+                attention = cpu.cpu_attention(config.n_heads, config.dim // config.n_heads)
+            self._forward = fast.DistilBertForward(
+                model, per_token, marking=marking, native_attention=attention == "native",
+                attention_dtype=DTYPES[attention] if attention in DTYPES else None)
         else:
             if device.type == "cuda" and precision in DTYPES and precision != "fp32":
                 model.to(dtype=DTYPES[precision])

@@ -79,6 +79,28 @@ def replace_linears(model: nn.Module, replace, keep: tuple[str, ...] = ("classif
     return replaced
 
 
+def torch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, batch: int,
+                    heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """torch's attention over the heads of q, k, v (batch * positions, dim), computed in `dtype`:
+    (batch, positions of q, dim) in q's dtype."""
+    dim = k.shape[-1]
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, -1, heads, dim // heads).transpose(1, 2).to(dtype)
+
+    a = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+    return a.transpose(1, 2).reshape(batch, -1, dim).to(q.dtype)
+
+
+def prefix_lengths(keep: torch.Tensor) -> torch.Tensor | None:
+    """Each row's length where every row of the mask is padded on the right only (as batching.pack
+    builds them) and none is empty; None otherwise."""
+    lengths = keep.sum(1)
+    if int(lengths.min()) < 1 or not bool((keep == (torch.arange(keep.shape[1]) < lengths[:, None])).all()):
+        return None
+    return lengths
+
+
 class DistilBertForward:
     """logits = forward(input_ids, attention_mask), float32, for a DistilBERT classifier.
 
@@ -88,8 +110,10 @@ class DistilBertForward:
     go from one layer's product to the next layer's quantized input without torch in between."""
 
     def __init__(self, model, per_token: bool, cls_only: bool = True, attention_dtype: torch.dtype | None = None,
-                 marking=None, fused: bool | None = None):
-        """fused: use kernels.cpp's passes on CPU (default: where they build)."""
+                 marking=None, fused: bool | None = None, native_attention: bool = False):
+        """fused: use kernels.cpp's passes on CPU (default: where they build). native_attention: on
+        CPU, with bf16 products, kernels.cpp's attention (native.attention) for batches padded on the
+        right, instead of torch's in attention_dtype."""
         self.model = model
         # casing.CaseMarking of the "added" style: ids carry each piece's case (casing.py).
         self.marking = marking if marking is not None and marking.style == "added" else None
@@ -104,6 +128,7 @@ class DistilBertForward:
         # The dtype of q, k and v in attention: that of the products unless told (batching.Forward).
         self.attention_dtype = attention_dtype or self.dtype
         self.fused = fused  # None: decided at the first call on CPU (a CUDA worker never builds them)
+        self.native_attention = native_attention and self.dtype == torch.bfloat16
         ffn = self.layers[0].ffn
         # int8.Int8Linear layers (known by their `product`: int8.py imports this module, not the
         # reverse). The int8 layer's fused passes know one feed-forward: GELU, then lin2 quantized
@@ -122,6 +147,10 @@ class DistilBertForward:
         if full is None:
             full = bool(keep.all())
         mask = None if full else keep[:, None, None, :]  # (batch, 1, 1, keys): True = attend
+        # native attention reads each row's length instead of the mask
+        lengths = None
+        if self.native_attention and not h.is_cuda:
+            lengths = torch.full((h.shape[0],), width, dtype=torch.long) if full else prefix_lengths(keep)
         last = len(self.layers) - 1
         if self.fused is None and not h.is_cuda:
             self.fused = native.available()
@@ -131,59 +160,60 @@ class DistilBertForward:
             if fused and self.int8:
                 x = native.quantize(h.view(-1, h.shape[-1]))
                 for i, layer in enumerate(self.layers):
-                    h, x = self._int8_layer(layer, h, x, mask, self.cls_only and i == last, i == last)
+                    h, x = self._int8_layer(layer, h, x, mask, lengths, self.cls_only and i == last, i == last)
             elif fused:
                 x = h.to(self.dtype)
                 for i, layer in enumerate(self.layers):
-                    h, x = self._fused_layer(layer, h, x, mask, self.cls_only and i == last)
+                    h, x = self._fused_layer(layer, h, x, mask, lengths, self.cls_only and i == last)
             else:
                 for i, layer in enumerate(self.layers):
-                    h = self._layer(layer, h, mask, cls_only=self.cls_only and i == last)
+                    h = self._layer(layer, h, mask, lengths, cls_only=self.cls_only and i == last)
         if self.per_token:
             return self.model.classifier(h.to(self.dtype)).float()
         pooled = F.relu(self.model.pre_classifier(h[:, 0].to(self.dtype)))
         return self.model.classifier(pooled).float()
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                   batch: int, dim: int) -> torch.Tensor:
+                   lengths: torch.Tensor | None, batch: int, dim: int) -> torch.Tensor:
         """Attention over the heads of q, k, v (batch * positions, dim): (batch, positions of q, dim)
-        in the products' dtype."""
+        in the products' dtype. lengths: each row's, for the native kernel (None: torch's)."""
+        if lengths is not None:
+            a = native.attention(q.reshape(-1, dim), k.reshape(-1, dim), v.reshape(-1, dim), lengths, self.n_heads)
+            return a.view(batch, -1, dim)
+        return torch_attention(q, k, v, mask, batch, self.n_heads, self.attention_dtype).to(self.dtype)
 
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, -1, self.n_heads, dim // self.n_heads).transpose(1, 2).to(self.attention_dtype)
-
-        a = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
-        return a.transpose(1, 2).reshape(batch, -1, dim).to(self.dtype)
-
-    def _layer(self, layer, h: torch.Tensor, mask: torch.Tensor | None, cls_only: bool) -> torch.Tensor:
+    def _layer(self, layer, h: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None,
+               cls_only: bool) -> torch.Tensor:
         """One layer in torch ops: CUDA, and CPUs without the fused passes; any Linear layers."""
         att, dt = layer.attention, self.dtype
         batch, width, dim = h.shape
         x = h.to(dt)
         residual = h[:, :1] if cls_only else h
         queries = x[:, :1] if cls_only else x
-        a = att.out_lin(self._attention(att.q_lin(queries), att.k_lin(x), att.v_lin(x), mask, batch, dim))
+        a = att.out_lin(self._attention(att.q_lin(queries), att.k_lin(x), att.v_lin(x), mask, lengths, batch, dim))
         # residual (float32) + a (bf16) promotes to float32 in one pass, where a.float() took a second.
         h = layer.sa_layer_norm(residual + a)
         ffn = layer.ffn
         f = ffn.lin2(ffn.activation(ffn.lin1(h.to(dt))))
         return layer.output_layer_norm(h + f)
 
-    def _fused_layer(self, layer, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, cls_only: bool):
+    def _fused_layer(self, layer, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None,
+                     lengths: torch.Tensor | None, cls_only: bool):
         """One layer on CPU with float products: (h, x) in, h the float32 residual stream and x the
         same in the products' dtype; add + LayerNorm + cast as one pass of kernels.cpp."""
         att, ffn = layer.attention, layer.ffn
         batch, width, dim = h.shape
         residual = h[:, :1] if cls_only else h
         queries = x[:, :1] if cls_only else x
-        a = att.out_lin(self._attention(att.q_lin(queries), att.k_lin(x), att.v_lin(x), mask, batch, dim))
+        a = att.out_lin(self._attention(att.q_lin(queries), att.k_lin(x), att.v_lin(x), mask, lengths, batch, dim))
         sa, out = layer.sa_layer_norm, layer.output_layer_norm
         h, x = native.add_norm(residual.reshape(-1, dim).contiguous(), a.view(-1, dim), sa.weight, sa.bias, sa.eps)
         f = ffn.lin2(ffn.activation(ffn.lin1(x)))
         h, x = native.add_norm(h, f.view(-1, dim), out.weight, out.bias, out.eps)
         return h.view(batch, -1, dim), x.view(batch, -1, dim)
 
-    def _int8_layer(self, layer, h: torch.Tensor, x: tuple, mask: torch.Tensor | None, cls_only: bool, last: bool):
+    def _int8_layer(self, layer, h: torch.Tensor, x: tuple, mask: torch.Tensor | None, lengths: torch.Tensor | None,
+                    cls_only: bool, last: bool):
         """One layer of int8 products (int8.Int8Linear) on CPU: x is h quantized per token, (q, scale),
         made by the previous layer's last pass; returns the next (h, x) (x (None, None) after the last
         layer, which nothing reads)."""
@@ -196,7 +226,7 @@ class DistilBertForward:
         else:
             qq, qs, residual = q8, s8, h.view(-1, dim)
         a = self._attention(att.q_lin.from_quantized(qq, qs, dt), att.k_lin.from_quantized(q8, s8, dt),
-                            att.v_lin.from_quantized(q8, s8, dt), mask, batch, dim)
+                            att.v_lin.from_quantized(q8, s8, dt), mask, lengths, batch, dim)
         aq, as_ = native.quantize(a.view(-1, dim))
         out, sa = att.out_lin, layer.sa_layer_norm
         h, hq, hs = native.product_add_norm_quantize(out.product(aq, dt), as_, out.product_col_scale, out.bias,

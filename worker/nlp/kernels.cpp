@@ -318,6 +318,169 @@ void product_gelu_quantize_rows(const P* prod, int64_t rows, int64_t n, const fl
   }
 }
 
+
+// -- attention ------------------------------------------------------------------------------------
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+// Attention for bf16 q, k, v in the products' own layout (rows of heads * head_dim: no transposes),
+// on AVX-512 BF16's pair dot products, for batches padded on the right: keys past a row's length
+// are not read, and neither are queries (their outputs are zeros: nothing downstream reads them).
+// Per (row, head): k and v repacked into pairs along the dot products' axis, then blocks of
+// kQueries queries: scores in fp32, softmax in fp32 with exp_nonpositive16, the unnormalized
+// probabilities rounded to bf16 for the product with v (as torch's flash attention does), the
+// output divided by the sum at the end.
+constexpr int kQueries = 4;
+
+inline uint32_t pair_at(const bf16_bits* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+inline __mmask16 live_keys(int64_t j, int64_t keys) {  // which of the 16 keys from j exist
+  return j + 16 <= keys ? __mmask16(0xffff) : __mmask16((1u << (keys > j ? keys - j : 0)) - 1u);
+}
+
+inline __m512 dot_pairs(__m512 acc, uint32_t a_pair, const uint32_t* b) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(int32_t(a_pair)), (__m512bh)_mm512_loadu_si512(b));
+}
+
+struct AttentionBuffers {
+  uint32_t* kp;  // [head_dim / 2][keys rounded up to 64]: k's pairs, key-major within a pair index
+  uint32_t* vp;  // [keys rounded up to 2, / 2][head_dim]: v's pairs along keys
+  float* scores;  // [kQueries][keys rounded up to 64]
+  uint32_t* pp;  // [kQueries][keys rounded up to 2, / 2]: probabilities as bf16 pairs
+};
+
+// Scores of kQueries queries against 64 keys (four 16-key vectors) from kr: a register block whose
+// bounds the compiler knows, so the 16 sums stay in registers. Queries past the last are copies
+// of it (qi), their scores never read.
+inline void score_block(const bf16_bits* const* qi, const uint32_t* kr, int64_t half, int64_t kstride, float* out,
+                        int64_t ostride) {
+  __m512 acc[kQueries][4];
+  for (int i = 0; i < kQueries; ++i)
+    for (int t = 0; t < 4; ++t) acc[i][t] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < half; ++p, kr += kstride) {
+    for (int i = 0; i < kQueries; ++i) {
+      const uint32_t qp = pair_at(qi[i] + 2 * p);
+      for (int t = 0; t < 4; ++t) acc[i][t] = dot_pairs(acc[i][t], qp, kr + 16 * t);
+    }
+  }
+  for (int i = 0; i < kQueries; ++i)
+    for (int t = 0; t < 4; ++t) _mm512_storeu_ps(out + i * ostride + 16 * t, acc[i][t]);
+}
+
+// out rows = (p v) / sum for kQueries queries and a head of DV 16-float vectors.
+template <int DV>
+void value_block(const uint32_t* pp, int64_t pstride, const uint32_t* vp, int64_t vpairs, const float* sums, int nb,
+                 bf16_bits* out, int64_t dim) {
+  __m512 acc[kQueries][DV];
+  for (int i = 0; i < kQueries; ++i)
+    for (int t = 0; t < DV; ++t) acc[i][t] = _mm512_setzero_ps();
+  for (int64_t m = 0; m < vpairs; ++m, vp += 16 * DV) {
+    for (int i = 0; i < kQueries; ++i) {
+      const uint32_t pair = pp[i * pstride + m];
+      for (int t = 0; t < DV; ++t) acc[i][t] = dot_pairs(acc[i][t], pair, vp + 16 * t);
+    }
+  }
+  for (int i = 0; i < nb; ++i) {
+    const __m512 inv = _mm512_set1_ps(1.0f / sums[i]);
+    for (int t = 0; t < DV; ++t) {
+      const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[i][t], inv));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i * dim + 16 * t), rounded);
+    }
+  }
+}
+
+void attention_head(const bf16_bits* q, int64_t nq, const bf16_bits* k, const bf16_bits* v, int64_t dim,
+                    int64_t keys, int64_t hd, float scale, bf16_bits* out, const AttentionBuffers& b) {
+  // Keys rounded up to 64 for the score blocks (the extra ones zeros), to 2 for the value pairs.
+  const int64_t kpad = (keys + 63) / 64 * 64, half = hd / 2, vpairs = (keys + 1) / 2;
+  for (int64_t p = 0; p < half; ++p) {
+    uint32_t* row = b.kp + p * kpad;
+    for (int64_t j = 0; j < keys; ++j) row[j] = pair_at(k + j * dim + 2 * p);
+    for (int64_t j = keys; j < kpad; ++j) row[j] = 0;
+  }
+  for (int64_t m = 0; m < vpairs; ++m) {
+    const bf16_bits* v0 = v + 2 * m * dim;
+    const bf16_bits* v1 = 2 * m + 1 < keys ? v0 + dim : nullptr;
+    uint32_t* row = b.vp + m * hd;
+    for (int64_t d = 0; d < hd; ++d) row[d] = uint32_t(v0[d]) | (v1 != nullptr ? uint32_t(v1[d]) << 16 : 0u);
+  }
+  for (int64_t i0 = 0; i0 < nq; i0 += kQueries) {
+    const int nb = int(nq - i0 < kQueries ? nq - i0 : kQueries);
+    const bf16_bits* qi[kQueries];
+    for (int i = 0; i < kQueries; ++i) qi[i] = q + (i0 + (i < nb ? i : nb - 1)) * dim;
+    for (int64_t c = 0; c < kpad; c += 64) score_block(qi, b.kp + c, half, kpad, b.scores + c, kpad);
+    // softmax numerators, rounded to bf16 (its pairs are what the product with v reads); the sums
+    // of the rounded values kept for the end. Rows past nb: zeros, so their products are finite.
+    float sums[kQueries];
+    for (int i = 0; i < kQueries; ++i) {
+      float* sr = b.scores + i * kpad;
+      bf16_bits* pr = reinterpret_cast<bf16_bits*>(b.pp + i * vpairs);
+      if (i >= nb) {
+        std::memset(pr, 0, vpairs * 4);
+        continue;
+      }
+      __m512 top = _mm512_set1_ps(-INFINITY);
+      for (int64_t j = 0; j < keys; j += 16) top = _mm512_mask_max_ps(top, live_keys(j, keys), top, _mm512_loadu_ps(sr + j));
+      const __m512 sc = _mm512_set1_ps(scale), shift = _mm512_set1_ps(_mm512_reduce_max_ps(top) * scale);
+      __m512 total = _mm512_setzero_ps();
+      for (int64_t j = 0; j < 2 * vpairs; j += 16) {
+        const __m512 e = _mm512_maskz_mov_ps(live_keys(j, keys),
+                                             exp_nonpositive16(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), sc, shift)));
+        const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(e);
+        total = _mm512_add_ps(total, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)));
+        if (j + 16 <= 2 * vpairs) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), rounded);
+        } else {  // the row's last pairs
+          alignas(32) bf16_bits tail[16];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(tail), rounded);
+          std::memcpy(pr + j, tail, (2 * vpairs - j) * sizeof(bf16_bits));
+        }
+      }
+      sums[i] = _mm512_reduce_add_ps(total);
+    }
+    bf16_bits* o = out + i0 * dim;
+    switch (hd / 16) {
+      case 1: value_block<1>(b.pp, vpairs, b.vp, vpairs, sums, nb, o, dim); break;
+      case 2: value_block<2>(b.pp, vpairs, b.vp, vpairs, sums, nb, o, dim); break;
+      case 3: value_block<3>(b.pp, vpairs, b.vp, vpairs, sums, nb, o, dim); break;
+      case 4: value_block<4>(b.pp, vpairs, b.vp, vpairs, sums, nb, o, dim); break;
+      case 5: value_block<5>(b.pp, vpairs, b.vp, vpairs, sums, nb, o, dim); break;
+      case 6: value_block<6>(b.pp, vpairs, b.vp, vpairs, sums, nb, o, dim); break;
+      case 7: value_block<7>(b.pp, vpairs, b.vp, vpairs, sums, nb, o, dim); break;
+      default: value_block<8>(b.pp, vpairs, b.vp, vpairs, sums, nb, o, dim); break;
+    }
+  }
+}
+
+// q: (rows * nq, dim), k and v: (rows * width, dim), out: (rows * nq, dim), all bf16, heads side by
+// side in each row. nq is width (every position) or 1 (the [CLS] query alone).
+void attention_rows(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const int64_t* lengths, int64_t rows,
+                    int64_t nq, int64_t width, int64_t heads, int64_t hd, float scale, bf16_bits* out, int threads) {
+  const int64_t dim = heads * hd, kpad = (width + 63) / 64 * 64, vpairs = (width + 1) / 2;
+#pragma omp parallel num_threads(threads) if (rows * heads > 1)
+  {
+    AttentionBuffers b{new uint32_t[(hd / 2) * kpad], new uint32_t[vpairs * hd], new float[kQueries * kpad],
+                       new uint32_t[kQueries * vpairs]};
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < rows * heads; ++task) {
+      const int64_t r = task / heads, h = task % heads, keys = lengths[r];
+      const int64_t live = nq == 1 ? 1 : keys;  // queries past the length: zeros
+      bf16_bits* o = out + r * nq * dim + h * hd;
+      attention_head(q + r * nq * dim + h * hd, live, k + r * width * dim + h * hd, v + r * width * dim + h * hd,
+                     dim, keys, hd, scale, o, b);
+      for (int64_t i = live; i < nq; ++i) std::memset(o + i * dim, 0, hd * sizeof(bf16_bits));
+    }
+    delete[] b.kp;
+    delete[] b.vp;
+    delete[] b.scores;
+    delete[] b.pp;
+  }
+}
+#endif
+
 }  // namespace
 
 // The entry points (native.py checks shapes and dtypes before calling). mid: nullptr for the
@@ -398,6 +561,21 @@ void reviews_product_gelu_quantize(int prod_kind, const void* prod, int64_t rows
   }
 }
 
+// 1 where attention_bf16 has a kernel here (AVX-512 BF16), else 0 (it must not be called).
+int reviews_attention_supported() {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  return 1;
+#else
+  return 0;
+#endif
+}
 
+void reviews_attention_bf16(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const int64_t* lengths,
+                            int64_t rows, int64_t nq, int64_t width, int64_t heads, int64_t head_dim, float scale,
+                            bf16_bits* out, int threads) {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  attention_rows(q, k, v, lengths, rows, nq, width, heads, head_dim, scale, out, threads);
+#endif
+}
 
 }  // extern "C"

@@ -55,6 +55,8 @@ _FUSED = {  # one entry point each, the product's dtype passed as PROD_KINDS
     "reviews_product_add_norm_quantize": (_INT, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _F, _P, _P, _P, _INT),
     # kind, prod, rows, n, row_scale, col_scale (or NULL), bias, q, scale, mid, threads
     "reviews_product_gelu_quantize": (_INT, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT),
+    # q, k, v, lengths, rows, queries per row, width, heads, head_dim, scale, out, threads
+    "reviews_attention_bf16": (_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F, _P, _INT),
 }
 PROD_KINDS = {torch.int32: 0, torch.float32: 1, torch.bfloat16: 2}
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
@@ -125,6 +127,7 @@ def library() -> ctypes.CDLL:
     for name, argtypes in _FUSED.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, None
+    lib.reviews_attention_supported.argtypes, lib.reviews_attention_supported.restype = (), _INT
     return lib
 
 
@@ -283,3 +286,35 @@ def product_gelu_quantize(prod: torch.Tensor, row_scale: torch.Tensor, col_scale
         PROD_KINDS[prod.dtype], prod.data_ptr(), rows, n, row_scale.data_ptr(), _ptr(col_scale), bias.data_ptr(),
         q.data_ptr(), scale.data_ptr(), mid.data_ptr(), torch.get_num_threads())
     return q, scale, mid
+
+
+def attention_available() -> bool:
+    """Whether attention() has a kernel here: AVX-512 BF16's pair dot products."""
+    return available() and bool(library().reviews_attention_supported())
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim)) v per head, for bf16 rows of heads side by side as the products
+    leave them: k, v (rows * width, dim), q the same or (rows, dim) (the [CLS] query alone). lengths
+    (rows,) int64: each row's keys, padded on the right; a query past them gets zeros. Returns bf16."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 2 or not t.is_contiguous() or t.dtype != torch.bfloat16 or t.device.type != "cpu":
+            raise ValueError(f"attention: {name} must be contiguous 2-d bf16 on CPU, got {tuple(t.shape)} {t.dtype}")
+    rows = lengths.numel()
+    if lengths.dtype != torch.int64 or not lengths.is_contiguous() or rows == 0:
+        raise ValueError(f"attention: lengths must be contiguous int64, one per row, got {lengths.dtype}")
+    dim = k.shape[1]
+    if k.shape != v.shape or q.shape[1] != dim or k.shape[0] % rows or dim % heads or (dim // heads) % 16 \
+            or dim // heads > 128:
+        raise ValueError(f"attention: shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} with "
+                         f"{rows} rows of {heads} heads (head size a multiple of 16, at most 128)")
+    width = k.shape[0] // rows
+    if q.shape[0] not in (rows, rows * width):
+        raise ValueError(f"attention: q has {q.shape[0]} rows, for {rows} rows of {width} positions")
+    if int(lengths.min()) < 1 or int(lengths.max()) > width:
+        raise ValueError(f"attention: lengths must lie in 1..{width}")
+    out, head_dim = torch.empty_like(q), dim // heads
+    library().reviews_attention_bf16(q.data_ptr(), k.data_ptr(), v.data_ptr(), lengths.data_ptr(), rows,
+                                     q.shape[0] // rows, width, heads, head_dim, head_dim ** -0.5, out.data_ptr(),
+                                     torch.get_num_threads())
+    return out
