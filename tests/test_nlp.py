@@ -443,21 +443,21 @@ def test_cpu_attention_between_bf16_products_is_measured_and_used(tiny_models, c
     """torch's fp32 attention ran faster than its bf16 on an AVX-512 EPYC, its bf16 2-3x faster on a
     Xeon with AMX, kernels.cpp's 2-3x torch's best on the EPYC: the engine times them once per
     process and both bf16 and int8 engines use the pick."""
-    from worker.nlp import cpu, native
     from worker.nlp import device as dev
+    from worker.nlp import fast, native
 
     if not dev.cpu_has_fast_bf16():
         pytest.skip("no fast bf16 on this CPU: attention stays fp32 there, nothing is measured")
-    cpu.cpu_attention.cache_clear()
-    with caplog.at_level("INFO", logger="worker.nlp.cpu"):
-        pick = cpu.cpu_attention(2, 16)
-    assert pick in cpu.ATTENTION_KERNELS
+    fast.cpu_attention.cache_clear()
+    with caplog.at_level("INFO", logger="worker.nlp.fast"):
+        pick = fast.cpu_attention(2, 16)
+    assert pick in fast.ATTENTION_KERNELS
     assert f"attention between bf16 products: {pick} (bf16 " in caplog.text and " ms, fp32 " in caplog.text
     assert (", native " in caplog.text) == native.attention_available()
     for precision in ("bf16", "int8"):
         engine = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision=precision)
         config, fwd = engine.model.config, engine.forward._forward
-        pick = cpu.cpu_attention(config.n_heads, config.dim // config.n_heads)
+        pick = fast.cpu_attention(config.n_heads, config.dim // config.n_heads)
         assert fwd.native_attention == (pick == "native")
         assert fwd.attention_dtype == (torch.float32 if pick == "fp32" else torch.bfloat16)
     fp32 = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").forward._forward

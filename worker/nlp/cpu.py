@@ -74,41 +74,6 @@ def fastest(runs: dict, rounds: int = 5) -> tuple:
     return min(median, key=median.get), median
 
 
-# The batches cpu_attention times: (rows, width) of 1024 tokens, a typical review and the longest
-# window, the last rows padded as in a length-sorted batch.
-ATTENTION_PROBES = ((8, 128), (2, 512))
-ATTENTION_KERNELS = ("bf16", "fp32", "native")
-
-
-@lru_cache(maxsize=8)
-def cpu_attention(heads: int, head_dim: int) -> str:
-    """The fastest CPU attention between bf16 products: torch's in "bf16", or in "fp32" (q, k and v
-    cast up, the output cast back), or kernels.cpp's ("native", where the CPU has AVX-512 BF16).
-    Not the same everywhere: torch's fp32 ran 5-9% faster than its bf16 on an AVX-512 EPYC, its bf16
-    2-3x faster on a Xeon with AMX, whose tiles run flash attention's bf16 products, and the native
-    kernel 2-3x torch's best on the EPYC (bench/RESULTS.md). Each is timed from the products' layout
-    to the output's, as the forward runs it, once per process on both probe batches, interleaved,
-    median of 5: about 0.1 s for DistilBERT-base's 12 heads of 64."""
-    from . import fast, native  # native imports this module
-
-    gen = torch.Generator().manual_seed(0)
-    probes = []
-    for rows, width in ATTENTION_PROBES:
-        q, k, v = (torch.randn(rows * width, heads * head_dim, generator=gen).to(torch.bfloat16) for _ in range(3))
-        lengths = torch.full((rows,), width, dtype=torch.long)
-        lengths[rows // 2:] = width - width // 8
-        probes.append((q, k, v, torch.arange(width)[None, None, None, :] < lengths[:, None, None, None], lengths))
-    runs = {name: (lambda d=DTYPES[name]: [fast.torch_attention(q, k, v, m, len(n), heads, d)
-                                          for q, k, v, m, n in probes]) for name in ("bf16", "fp32")}
-    if native.attention_available() and head_dim % 16 == 0 and head_dim <= 128:
-        runs["native"] = lambda: [native.attention(q, k, v, n, heads) for q, k, v, _, n in probes]
-    with torch.inference_mode():
-        pick, median = fastest(runs)
-    log.info("attention between bf16 products: %s (%s)", pick,
-             ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in median.items()))
-    return pick
-
-
 class Busy:
     """What others_busy found: the share of the CPUs other processes used, or None (unknown)."""
 
