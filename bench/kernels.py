@@ -4,7 +4,8 @@ attention, per precision. It bounds what any engine can gain over float32 here.
     python bench/kernels.py
 
 Linear: the shapes of DistilBERT-base (768 -> 768 for q/k/v/out, 768 -> 3072 for the feed-forward),
-rows = tokens in a batch. Attention: torch's scaled_dot_product_attention, 12 heads of 64.
+rows = tokens in a batch. Attention: torch's scaled_dot_product_attention, 12 heads of 64; then
+attention as the forward runs it (torch's, or kernels.cpp's where the CPU has AVX-512 BF16).
 Also int8: torch.ao's dynamic quantization (one activation scale per batch), and the engine's
 int8.Int8Linear (one scale per token, C++ quantize/dequantize around torch._int_mm), each timed
 whole, quantizing included.
@@ -65,6 +66,29 @@ def main() -> None:
             bf16 = seconds(lambda: F.scaled_dot_product_attention(q16, q16, q16))
             print(f"{f'attention {batch} x {width} tokens':44} {flops / fp32 / 1e9:12.0f} {flops / bf16 / 1e9:12.0f} "
                   f"{fp32 / bf16:9.2f}")
+        attention_in_the_forward()
+
+
+def attention_in_the_forward() -> None:
+    """Attention as the engine's forward runs it, from the products' layout (tokens x 768, bf16) to
+    the output's: torch's in bf16 and in fp32 (heads split, cast, and back), and kernels.cpp's
+    (native.attention), with one row in four a third shorter (a length-sorted batch's padding)."""
+    from worker.nlp import fast, native
+
+    print(f"{'attention in the forward (products layout)':44} {'torch fp32':>12} {'torch bf16':>12} {'native':>9} "
+          f"{'native/best torch':>17}  (GFLOP/s)")
+    for batch, width in ((16, 128), (8, 256), (4, 512)):
+        q, k, v = (torch.randn(batch * width, 768).to(torch.bfloat16) for _ in range(3))
+        lengths = torch.full((batch,), width, dtype=torch.long)
+        lengths[::4] = width - width // 3
+        mask = (torch.arange(width)[None, :] < lengths[:, None])[:, None, None, :]
+        flops = 4 * 12 * 64 * float((lengths * lengths).sum())
+        fp32 = seconds(lambda: fast.torch_attention(q, k, v, mask, batch, 12, torch.float32), rounds=10)
+        bf16 = seconds(lambda: fast.torch_attention(q, k, v, mask, batch, 12, torch.bfloat16), rounds=10)
+        own = seconds(lambda: native.attention(q, k, v, lengths, 12), rounds=10) if native.attention_available() \
+            else float("nan")
+        print(f"{f'  {batch} x {width} tokens':44} {flops / fp32 / 1e9:12.0f} {flops / bf16 / 1e9:12.0f} "
+              f"{flops / own / 1e9:9.0f} {min(fp32, bf16) / own:17.2f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-// The elementwise steps of the engine's CPU forward (fast.py, int8.py), in C++: quantize activations
-// per row (token) for int8 products, bring the products back to floats, and the fused passes
-// between products (residual add + LayerNorm, + quantize; bias + GELU + quantize), each one pass
-// over a row where torch took several. Built once per host by native.py and called through ctypes
+// The steps of the engine's CPU forward (fast.py, int8.py) besides its Linear products, in C++:
+// quantize activations per row (token) for int8 products, bring the products back to floats, the
+// fused passes between products (residual add + LayerNorm, + quantize; bias + GELU + quantize),
+// each one pass over a row where torch took several, and attention (AVX-512 BF16). Built once per host by native.py and called through ctypes
 // on tensors' memory: plain C entry points, no torch headers, so that the build takes about a second.
 //
 // Written as plain loops over contiguous rows for the compiler to vectorize (-O3 -march=native).
