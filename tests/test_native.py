@@ -263,8 +263,9 @@ def test_the_fused_passes_refuse_mismatched_products_with_a_message():
 
 # -- attention (fast.py's native_attention) ----------------------------------------------------------
 
-needs_native_attention = pytest.mark.skipif(not native.attention_available(),
-                                            reason="no native attention here (it needs AVX-512 BF16)")
+def needs_native_attention(test):
+    return pytest.mark.cpu_feature(pytest.mark.skipif(
+        not native.attention_available(), reason="no native attention here (it needs AVX-512 BF16)")(test))
 
 
 @needs_native_attention

@@ -364,8 +364,8 @@ def test_int8_quantizes_every_linear_but_the_head_and_stays_close_to_fp32(tiny_m
 def int8_kernels():
     from worker.nlp import int8
 
-    return ["int_mm", pytest.param("onednn", marks=pytest.mark.skipif(
-        not int8.onednn_available(), reason="this torch has no oneDNN int8 Linear for this CPU"))]
+    return ["int_mm", pytest.param("onednn", marks=[pytest.mark.cpu_feature, pytest.mark.skipif(
+        not int8.onednn_available(), reason="this torch has no oneDNN int8 Linear for this CPU")])]
 
 
 @pytest.mark.parametrize("kernel", int8_kernels())
@@ -385,6 +385,7 @@ def test_int8_linear_matches_the_float_product_per_token(centered, kernel):
     assert ((got - want)[0, 0].abs().max() / want[0, 0].abs().max()) < 0.02
 
 
+@pytest.mark.cpu_feature
 def test_both_int8_products_give_the_same_outputs_and_the_faster_one_is_measured(caplog):
     """The two kernels compute the same products (int32 sums, exact): they differ in where the column
     scales are applied, so by float rounding only. product_kernel times both and says so."""
@@ -409,17 +410,22 @@ def test_both_int8_products_give_the_same_outputs_and_the_faster_one_is_measured
     assert f"int8 product for hidden 96 / 80: {pick} (int_mm " in caplog.text and "onednn " in caplog.text
 
 
-def test_onednn_int8_is_offered_only_where_it_runs_a_real_kernel():
+def test_onednn_int8_is_offered_only_where_it_runs_a_real_kernel(caplog):
     """Without AMX, oneDNN ran this torch's s8 x s8 product in its reference kernel (ref_int8) on an
     AVX-512 EPYC: 0.8 s for 128 x 768 x 768, some 3,000x torch._int_mm, and product_kernel's probe
     took minutes of every worker's start. Where onednn_available() says yes, the product must be in
-    the same league as _int_mm."""
+    the same league as _int_mm; where it says no, the log says why."""
     import time
 
     from worker.nlp import int8
 
-    if not int8.onednn_available():
-        pytest.skip("oneDNN's int8 Linear is not offered on this CPU")
+    int8.onednn_available.cache_clear()
+    with caplog.at_level("INFO", logger="worker.nlp.int8"):
+        offered = int8.onednn_available()
+    if not offered:
+        has_op = hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_pointwise")
+        assert not (int8.available() and has_op) or "oneDNN's int8 Linear unavailable (" in caplog.text
+        return
     torch.manual_seed(0)
     linear = torch.nn.Linear(768, 768)
     x = torch.randn(128, 768)
@@ -439,6 +445,7 @@ def test_onednn_int8_is_offered_only_where_it_runs_a_real_kernel():
     assert onednn < 10 * int_mm, f"oneDNN {onednn * 1000:.1f} ms against _int_mm {int_mm * 1000:.1f} ms"
 
 
+@pytest.mark.cpu_feature
 def test_cpu_attention_between_bf16_products_is_measured_and_used(tiny_models, caplog):
     """torch's fp32 attention ran faster than its bf16 on an AVX-512 EPYC, its bf16 2-3x faster on a
     Xeon with AMX, kernels.cpp's 2-3x torch's best on the EPYC: the engine times them once per
@@ -464,6 +471,7 @@ def test_cpu_attention_between_bf16_products_is_measured_and_used(tiny_models, c
     assert fp32.attention_dtype == torch.float32 and not fp32.native_attention
 
 
+@pytest.mark.cpu_feature
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("task", ["sentiment", "ner"])
 def test_native_attention_in_the_forward_computes_what_torch_attention_did(tiny_models, task, precision):

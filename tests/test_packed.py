@@ -7,7 +7,9 @@ from worker.nlp import packed
 from worker.nlp.ner import load_ner
 from worker.nlp.sentiment import load_sentiment
 
-needs_packing = pytest.mark.skipif(not packed.available(), reason="this torch cannot pack bf16 weights for oneDNN")
+def needs_packing(test):
+    return pytest.mark.cpu_feature(pytest.mark.skipif(
+        not packed.available(), reason="this torch cannot pack bf16 weights for oneDNN on this CPU")(test))
 
 
 @needs_packing
