@@ -472,6 +472,26 @@ def test_cpu_attention_between_bf16_products_is_measured_and_used(tiny_models, c
 
 
 @pytest.mark.cpu_feature
+def test_a_native_attention_that_computes_wrong_is_no_candidate(monkeypatch, caplog):
+    """The kernel is built per host with the host's compiler: before it is timed, cpu_attention checks
+    it against torch's fp32 attention on the probe batches, and one that disagrees is not used. Here a
+    kernel that forgets the softmax's scale stands in for a miscompiled one."""
+    from worker.nlp import fast, native
+
+    if not native.attention_available():
+        pytest.skip("no native attention here (it needs AVX-512 BF16 and a C++ compiler)")
+    real = native.attention
+    fast.cpu_attention.cache_clear()
+    monkeypatch.setattr(native, "attention", lambda q, k, v, lengths, heads: real(q * 2, k, v, lengths, heads))
+    with caplog.at_level("INFO", logger="worker.nlp.fast"):
+        pick = fast.cpu_attention(12, 64)
+    fast.cpu_attention.cache_clear()
+    assert pick in ("bf16", "fp32")
+    assert "native attention disagrees with torch's here (largest difference" in caplog.text
+    assert ", native " not in caplog.text
+
+
+@pytest.mark.cpu_feature
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("task", ["sentiment", "ner"])
 def test_native_attention_in_the_forward_computes_what_torch_attention_did(tiny_models, task, precision):
