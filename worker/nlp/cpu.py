@@ -7,40 +7,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import time
-from functools import lru_cache
 
 import torch
+
+from ..host import cpu_flags, cpu_model_name  # noqa: F401  (read here by device.py, int8.py)
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> set[str]:
-    """The flags /proc/cpuinfo lists for this CPU (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-    except OSError:
-        return set()
-
-
-@lru_cache(maxsize=1)
-def cpu_model_name() -> str:
-    """The CPU's model name ("AMD EPYC 9R14", "Intel(R) Xeon(R) Platinum 8488C"): what a cached
-    speed measurement is valid for (precision.py)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
-                    return " ".join(value.split())
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_has_fast_bf16() -> bool:

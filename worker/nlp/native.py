@@ -7,36 +7,27 @@ process, 5.5-6.8 s of each worker's start on an int8 host (2.8 s of it importing
 and its kernels ran slower than these (bench/RESULTS.md). The source uses no torch headers, so the
 build takes about a second, and a built library loads in milliseconds.
 
-The build uses the host's C++ compiler (CXX, else g++, else c++) with -march=native, so the library
-is specific to the CPU: its file name carries a hash of the source, the compiler, the flags, the CPU
-model and its feature flags. A host that differs in any of those builds its own; a lock makes
-processes that start together build it once. OpenMP shares each call's rows among torch's threads
+The build (cbuild.py) uses the host's C++ compiler with -march=native, so the library is specific
+to the CPU and each host builds its own, once. OpenMP shares each call's rows among torch's threads
 (torch.get_num_threads), in torch's own OpenMP runtime (the same libgomp soname, loaded once).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
-import time
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from .cpu import cpu_flags, cpu_model_name
-from .precision_cache import locked
+from .. import cbuild
+from ..cbuild import BuildError  # noqa: F401  (raised through library(); tests match it)
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
-BUILD_TIMEOUT_S = 120
 
 _P, _I64, _INT, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
@@ -62,64 +53,15 @@ PROD_KINDS = {torch.int32: 0, torch.float32: 1, torch.bfloat16: 2}
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
-class BuildError(RuntimeError):
-    """The kernels could not be built here: no compiler, a compiler error."""
-
-
-def compiler() -> str:
-    """The C++ compiler to use: $CXX, else g++, else c++."""
-    for name in (os.environ.get("CXX"), "g++", "c++"):
-        found = shutil.which(name) if name else None
-        if found:
-            return found
-    raise BuildError("no C++ compiler found (set CXX, or install g++)")
-
-
-def library_path(cxx: str) -> Path:
-    """Where the library built by `cxx` for this source and CPU lives."""
-    from ..config import home_dir
-
-    parts = [SOURCE.read_bytes(), cxx.encode(), " ".join(FLAGS).encode(), cpu_model_name().encode(),
-             " ".join(sorted(cpu_flags())).encode()]
-    digest = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    return home_dir() / "cache" / "kernels" / f"kernels-{digest}.so"
-
-
 def build(out: Path, cxx: str) -> float:
-    """Compile the source into `out` (through a temporary file: a reader never sees half a library).
-    Returns the seconds it took."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".so", dir=out.parent)
-    os.close(fd)
-    started = time.perf_counter()
-    try:
-        done = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
-                              timeout=BUILD_TIMEOUT_S)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            raise BuildError(f"{Path(cxx).name} failed (exit {done.returncode}): " + " | ".join(tail))
-        os.replace(tmp, out)
-    except subprocess.TimeoutExpired as exc:
-        raise BuildError(f"{Path(cxx).name} ran over {BUILD_TIMEOUT_S} s") from exc
-    except OSError as exc:
-        raise BuildError(f"cannot run {cxx}: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return time.perf_counter() - started
+    """Compile the kernels into `out`; the seconds it took. Raises BuildError."""
+    return cbuild.build(SOURCE, FLAGS, out, cxx)
 
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL:
     """The loaded kernels: the cached library, or one built now. Raises BuildError."""
-    cxx = compiler()
-    path = library_path(cxx)
-    if not path.exists():
-        with locked(path):  # another process may be building it
-            if not path.exists():
-                log.info("building the CPU kernels for this CPU (once): %s", path)
-                log.info("CPU kernels built in %.1f s", build(path, cxx))
-    lib = ctypes.CDLL(str(path))
+    lib = cbuild.load(SOURCE, FLAGS, "CPU kernels")
     for kind, argtypes in _SIGNATURES.items():
         for suffix in _SUFFIX.values():
             fn = getattr(lib, f"reviews_{kind}_{suffix}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..cbuild import locked  # noqa: F401  (precision.py takes it from here)
 from .cpu import cpu_model_name
 
 log = logging.getLogger(__name__)
@@ -89,23 +90,3 @@ def write_cache(path: Path, key: str, entry: dict) -> None:
             raise
     except OSError as exc:
         log.warning("cannot write the precision cache %s (%s); the next start measures again", path, exc)
-
-
-@contextlib.contextmanager
-def locked(path: Path):
-    """An exclusive lock beside the cache for the read-measure-write, where the OS has one; without
-    it (no fcntl, unwritable directory) processes simply may measure twice."""
-    lock = None
-    try:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(path.with_suffix(".lock"), "a")
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    except (ImportError, OSError):
-        pass
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.close()  # closing releases the lock
