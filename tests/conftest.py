@@ -246,7 +246,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @contextmanager
-def running_worker(settings: Settings, queues: tuple[str, ...] = ("inference",), shutdown_timeout: float = 30):
+def running_worker(settings: Settings, queues: tuple[str, ...] = ("inference",), shutdown_timeout: float = 30,
+                   pool: str = "solo", concurrency: int = 1):
     """A real Celery worker in this process (a thread) on the settings' broker (Redis or RabbitMQ),
     built by the app factory as `reviews worker` builds it. Yields the app."""
     from celery.contrib.testing.worker import start_worker
@@ -254,7 +255,7 @@ def running_worker(settings: Settings, queues: tuple[str, ...] = ("inference",),
     from worker.app import create_app
 
     app = create_app(settings)
-    with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False, queues=list(queues),
+    with start_worker(app, pool=pool, concurrency=concurrency, perform_ping_check=False, queues=list(queues),
                       loglevel="WARNING", shutdown_timeout=shutdown_timeout):
         yield app
 

@@ -63,6 +63,21 @@ def test_both_tasks_queued_together_on_cuda_give_what_each_gives_alone(tiny_mode
     assert predict_both(s, n, texts) == (s.predict(texts), n.predict(texts))
 
 
+def test_batches_from_several_threads_on_their_own_streams_give_what_each_gives_alone(tiny_models):
+    """A threads-pool worker on a GPU: each thread queues on its own CUDA stream (device.thread_stream)
+    and reads back only its own results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.nlp.ner import predict_both
+
+    s = load_sentiment(str(tiny_models["sentiment"]), device="cuda", precision="bf16")
+    n = load_ner(str(tiny_models["ner"]), device="cuda", precision="bf16")
+    batches = [(TEXTS[k % len(TEXTS):] + TEXTS[:k % len(TEXTS)]) * (5 + k) for k in range(8)]
+    alone = [predict_both(s, n, texts) for texts in batches]
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda texts: predict_both(s, n, texts), batches)) == alone
+
+
 def test_attention_on_cuda_never_runs_cudnn_kernels(tiny_models):
     """cuDNN's attention builds a plan for each new batch shape (fast.py): with and without padding,
     the engine must use the kernels that need none."""

@@ -593,6 +593,21 @@ def test_entity_edges_are_trimmed_of_stray_punctuation():
 
 
 
+def test_batches_from_several_threads_at_once_give_what_each_gives_alone(tiny_models):
+    """A threads-pool worker runs several batches at once over the same loaded models."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.nlp.ner import predict_both
+
+    s = load_sentiment(str(tiny_models["sentiment"]), device="cpu", max_length=64, stride=16, token_budget=512)
+    n = load_ner(str(tiny_models["ner"]), device="cpu", max_length=64, stride=16, token_budget=512)
+    texts = ["Orson Welles made Citizen Kane in Hollywood. " * (1 + k % 9) + "bad" * (k % 2) for k in range(20)]
+    batches = [[f"{t} ({k})" for t in texts[k:] + texts[:k]] for k in range(12)]
+    alone = [predict_both(s, n, texts) for texts in batches]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda texts: predict_both(s, n, texts), batches)) == alone
+
+
 def test_both_tasks_tokenize_once_when_the_models_share_a_tokenizer(tiny_models, monkeypatch, tmp_path):
     from worker.nlp import batching
     from worker.nlp.ner import predict_both

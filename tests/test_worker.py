@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from cli.main import main
-from conftest import settings_env, wait_for_job, write_jsonl
+from conftest import make_settings, running_worker, settings_env, wait_for_job, write_jsonl
 from worker.app import batch_sender, create_app
 from worker.db import session_factory
 from worker.schema import EntityRow, JobReview, ModelVersion, NerResult, Review, SentimentResult
@@ -50,6 +50,37 @@ def test_enqueue_to_worker_to_postgres(app_worker, imdb_reviews, tmp_path):
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(SentimentResult)) == 64
         assert s.scalar(select(func.count()).select_from(EntityRow)) == entity_count
+
+
+def test_a_threads_pool_worker_runs_batches_at_once_with_the_same_results(migrated_pg, redis_url, tiny_models,
+                                                                          imdb_reviews, tmp_path):
+    """`reviews worker --pool threads -c N` (for GPUs: one process, its models shared by N batches in
+    flight) stores what the engine gives each review alone."""
+    from worker.nlp.ner import load_ner
+    from worker.nlp.sentiment import load_sentiment
+
+    settings = make_settings(migrated_pg, tiny_models, batch_size=8)
+    rows = imdb_reviews[:96]
+    path = write_jsonl(tmp_path / "reviews.jsonl", rows)
+    with running_worker(settings, pool="threads", concurrency=3):
+        result = CliRunner().invoke(main, ["enqueue", str(path)], env=settings_env(settings))
+        assert result.exit_code == 0, result.output
+        p = wait_for_job(settings.database_url, int(result.stdout.strip().splitlines()[0]))
+    assert (p.status, p.done, p.failed) == ("done", 96, 0)
+    texts = [r["text"] for r in rows]
+    options = settings.engine_options()
+    labels = [s.label for s in load_sentiment(str(tiny_models["sentiment"]), options).predict(texts)]
+    spans = [sorted((e.start, e.end, e.label) for e in es)
+             for es in load_ner(str(tiny_models["ner"]), options).predict(texts)]
+    with session_factory(settings.database_url)() as s:
+        stored = dict(s.execute(select(Review.external_id, SentimentResult.label)
+                                .join(SentimentResult, SentimentResult.review_id == Review.id)).all())
+        found = {r["id"]: [] for r in rows}
+        for rid, start, end, label in s.execute(select(Review.external_id, EntityRow.start_char, EntityRow.end_char,
+                                                       EntityRow.label).join(EntityRow, EntityRow.review_id == Review.id)):
+            found[rid].append((start, end, label))
+    assert [stored[r["id"]] for r in rows] == labels
+    assert [sorted(found[r["id"]]) for r in rows] == spans
 
 
 def test_redelivered_batch_creates_no_duplicates(app_worker, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 from . import memory, registry, rollups
@@ -37,6 +38,8 @@ class Resources:
         self.sessions = session_factory(settings.database_url)
         self.rollups = rollups.Folder(settings.rollup_fold_seconds)
         self._loaded: dict[int, SentimentModel | NerModel] = {}  # model_versions.id -> model
+        # On the threads pool, batches running at once share the models: one loads a new version.
+        self._loading = threading.Lock()
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
             # The tokenizer's thread pool too (read when it first starts): workers sharing a host
@@ -46,6 +49,10 @@ class Resources:
                  os.environ.get("RAYON_NUM_THREADS", "all cores"))
 
     def _load(self, version) -> SentimentModel | NerModel:
+        with self._loading:
+            return self._load_locked(version)
+
+    def _load_locked(self, version) -> SentimentModel | NerModel:
         if version.id not in self._loaded:
             loader = load_sentiment if version.task == "sentiment" else load_ner
             log.info("loading %s model version %s from %s", version.task, version.version, version.source)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import casing, fast, int8, packed
-from .device import DTYPES, autocast, cpu_float_precision
+from .device import DTYPES, autocast, cpu_float_precision, thread_stream
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def launch(forward: Forward, tokenizer, windows: list[Window], token_budget: int
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0
     cuda = forward.device.type == "cuda"
     queued: Queued = []
-    with torch.inference_mode(), forward.context():
+    with torch.inference_mode(), forward.context(), thread_stream(forward.device):
         for batch in token_budget_batches(windows, token_budget):
             input_ids, mask = pack(windows, batch, cls_id, sep_id, pad_id)
             full = bool(mask.all())  # read on the CPU: on a GPU it would wait for the work queued so far
@@ -239,7 +239,7 @@ def launch(forward: Forward, tokenizer, windows: list[Window], token_budget: int
 def collect(queued: Queued, windows: list[Window], per_token: bool) -> list[torch.Tensor]:
     """run_model's result from launch's: one wait for the device, after everything is queued."""
     results: list[torch.Tensor | None] = [None] * len(windows)
-    with torch.inference_mode():
+    with torch.inference_mode(), thread_stream(queued[0][1].device if queued else torch.device("cpu")):
         for batch, logits in queued:
             logits = logits.float().cpu()
             for row, i in enumerate(batch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
@@ -39,3 +40,21 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+_thread = threading.local()
+
+
+def thread_stream(device: torch.device):
+    """A context that runs CUDA work on this thread's own stream (elsewhere: nothing).
+
+    A worker on the threads pool runs several batches at once in one process, sharing its models:
+    while one thread waits for its batch's kernels or its database write, another tokenizes or
+    queues. On one shared stream a thread reading its results back would wait for every thread's
+    queued kernels too; on its own it waits for its own."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    stream = getattr(_thread, "stream", None)
+    if stream is None or stream.device != device:
+        stream = _thread.stream = torch.cuda.Stream(device)
+    return torch.cuda.stream(stream)
