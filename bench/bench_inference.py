@@ -232,8 +232,10 @@ def reviews_cmd() -> list[str]:
 
 
 def end_to_end(dirs: dict[str, str], rows: list[dict], warm_rows: list[dict], batch_size: int, rounds: int,
-               table: Table, engine_out: dict, workers: int = 1, repeat: int = 1) -> dict:
-    """`workers` solo worker processes (on one GPU, say) take the job's messages from one queue.
+               table: Table, engine_out: dict, workers: int = 1, repeat: int = 1,
+               worker_args: list[str] | None = None) -> dict:
+    """`workers` solo worker processes (on one GPU, say) take the job's messages from one queue;
+    worker_args: more `reviews worker` options (["--pool", "threads", "-c", "2"]).
     repeat: each job holds the reviews that many times (new ids after the first), and the engine pass
     paired with it runs that many times: a job's fixed costs (the CLI's start, the first message's
     trip) spread over a bigger job, as in a bulk job."""
@@ -259,7 +261,8 @@ def end_to_end(dirs: dict[str, str], rows: list[dict], warm_rows: list[dict], ba
     main_file.write_text("".join(json.dumps(r) + "\n" for r in job_rows))
     warm_file.write_text("".join(json.dumps(r) + "\n" for r in warm_rows))
     log = open(tmp / "worker.log", "w")
-    procs = [subprocess.Popen(reviews_cmd() + ["worker", "--loglevel", "WARNING", "-n", f"bench{k}@%h"], env=env,
+    procs = [subprocess.Popen(reviews_cmd() + ["worker", "--loglevel", "WARNING", "-n", f"bench{k}@%h",
+                                               *(worker_args or [])], env=env,
                               stdout=log, stderr=subprocess.STDOUT) for k in range(workers)]
     worker = procs[0]
     result: dict = {}

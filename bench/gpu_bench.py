@@ -129,9 +129,12 @@ def engine_grid(dirs, texts, warm, device, settings: list[tuple[str, int, int]],
     return rows
 
 
-def _engine_child(rank: int, procs: int, dirs, texts, device_type, precision, budget, per_call, barrier, queue):
-    """One of `procs` processes sharing the device: its share of the reviews, both tasks."""
+def _engine_child(rank: int, procs: int, dirs, texts, device_type, precision, budget, per_call, barrier, queue,
+                  threads: int = 1):
+    """One of `procs` processes sharing the device: its share of the reviews, both tasks, in `threads`
+    threads at once over the process's one copy of the models (as a threads-pool worker runs them)."""
     import os
+    from concurrent.futures import ThreadPoolExecutor
 
     share = max(1, (os.cpu_count() or 1) // procs)
     torch.set_num_threads(share)
@@ -142,24 +145,24 @@ def _engine_child(rank: int, procs: int, dirs, texts, device_type, precision, bu
     s = load_sentiment(dirs["sentiment"], device=device_type, precision=precision, token_budget=budget)
     n = load_ner(dirs["ner"], device=device_type, precision=precision, token_budget=budget)
     mine = texts[rank::procs]
-    for c in chunks(mine, per_call):  # an untimed pass first: without it one process ran at 0.69x the grid's rate
-        predict_both(s, n, c)
-    barrier.wait()
-    started = time.perf_counter()
-    for c in chunks(mine, per_call):
-        predict_both(s, n, c)
+    with ThreadPoolExecutor(threads) as pool:
+        # an untimed pass first: without it one process ran at 0.69x the grid's rate
+        list(pool.map(lambda c: predict_both(s, n, c), chunks(mine, per_call)))
+        barrier.wait()
+        started = time.perf_counter()
+        list(pool.map(lambda c: predict_both(s, n, c), chunks(mine, per_call)))
     queue.put(time.perf_counter() - started)
 
 
-def engine_processes(dirs, texts, device, precision, budget, per_call, procs: int) -> float:
-    """Seconds for all reviews, both tasks, split over `procs` engine processes started together:
-    how far more CPU feeding one GPU takes it (a worker is one process)."""
+def engine_processes(dirs, texts, device, precision, budget, per_call, procs: int, threads: int = 1) -> float:
+    """Seconds for all reviews, both tasks, split over `procs` engine processes started together, each
+    running `threads` calls at once: how far more CPU feeding one GPU takes it."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     barrier, queue = ctx.Barrier(procs), ctx.Queue()
     children = [ctx.Process(target=_engine_child, args=(k, procs, dirs, texts, device.type, precision, budget,
-                                                        per_call, barrier, queue)) for k in range(procs)]
+                                                        per_call, barrier, queue, threads)) for k in range(procs)]
     for c in children:
         c.start()
     times = [queue.get(timeout=600) for _ in children]
@@ -192,10 +195,14 @@ def main() -> None:
     ap.add_argument("--grid", default="bf16:16384:64,bf16:16384:512,bf16:65536:512,fp16:16384:512,fp16:65536:512",
                     help="precision:token budget:reviews per call (per queue message), comma-separated")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--procs", default="1,4,8", help="engine processes sharing the device, at the best setting")
+    ap.add_argument("--procs", default="1,4,8", help="engine processes sharing the device, at the best setting; "
+                    "PxT: P processes each running T calls at once in threads")
     ap.add_argument("--e2e-batch", type=int, default=64,
                     help="reviews per queue message end to end (REVIEWS_BATCH_SIZE)")
-    ap.add_argument("--e2e-workers", default="1,4,8", help="worker processes sharing the device, end to end")
+    ap.add_argument("--e2e-workers", default="1,4,8", help="worker processes sharing the device, end to end; "
+                    "WxC: W workers each on the threads pool with concurrency C (solo without x)")
+    ap.add_argument("--e2e-repeat", type=int, default=1,
+                    help="each job holds the reviews this many times (new ids): a bulk job's steady rate")
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -218,10 +225,11 @@ def main() -> None:
     ref = reference(dirs, texts, device, best["per_call"])
 
     multi = {}
-    for procs in [int(p) for p in args.procs.split(",") if p]:
-        multi[procs] = engine_processes(dirs, texts, device, best["precision"], best["budget"],
-                                        best["per_call"], procs)
-        print(f"  {procs} engine process(es): {len(texts) / multi[procs]:.0f} reviews/s", file=sys.stderr, flush=True)
+    for spec in [p for p in args.procs.split(",") if p]:
+        procs, _, threads = spec.partition("x")
+        multi[spec] = engine_processes(dirs, texts, device, best["precision"], best["budget"],
+                                       best["per_call"], int(procs), int(threads or 1))
+        print(f"  {spec} engine process(es): {len(texts) / multi[spec]:.0f} reviews/s", file=sys.stderr, flush=True)
 
     e2e: dict = {}
     engine_at_e2e = None
@@ -236,16 +244,20 @@ def main() -> None:
         default = (pick_precision("auto", device), default_token_budget(device))
         same = [g for g in ok if (g["precision"], g["budget"]) == default] or ok
         engine_at_e2e = min(same, key=lambda g: abs(g["per_call"] - args.e2e_batch))
-        for workers in [int(w) for w in args.e2e_workers.split(",") if w]:
-            table = Table(len(texts), 1)
-            # One warm-up message per worker: each loads its models before the timed job.
-            warm_e2e = [dict(r, id=f"warm{workers}-{r['id']}")
-                        for r in real_reviews(max(16, workers * args.e2e_batch), skip=args.reviews)]
+        for spec in [w for w in args.e2e_workers.split(",") if w]:
+            workers, concurrency = (int(x) if x else 0 for x in spec.partition("x")[::2])
+            pool = ["--pool", "threads", "-c", str(concurrency)] if concurrency else []
+            table = Table(len(texts) * args.e2e_repeat, 1)
+            # One warm-up message per batch in flight: each worker loads its models before the timed job.
+            warm_e2e = [dict(r, id=f"warm{spec}-{r['id']}")
+                        for r in real_reviews(max(16, workers * max(1, concurrency) * args.e2e_batch),
+                                              skip=args.reviews)]
             out = end_to_end(dirs, rows, warm_e2e, args.e2e_batch, 1, table,
-                             {"sentiment": best["sentiment"], "ner": best["ner"]}, workers=workers)
-            out["seconds"] = table.rows[0][1]
-            e2e[workers] = out
-            print(f"  end to end, {workers} worker(s): {len(texts) / out['seconds']:.0f} reviews/s", file=sys.stderr,
+                             {"sentiment": best["sentiment"], "ner": best["ner"]}, workers=workers,
+                             repeat=args.e2e_repeat, worker_args=pool)
+            out["seconds"] = table.rows[0][1] / args.e2e_repeat  # per pass over the reviews
+            e2e[spec] = out
+            print(f"  end to end, {spec} worker(s): {len(texts) / out['seconds']:.0f} reviews/s", file=sys.stderr,
                   flush=True)
 
     lines = [f"machine: {machine()}", f"date {now()}; {len(texts)} real IMDb reviews; models {args.model_size} "
@@ -274,15 +286,18 @@ def main() -> None:
               f"{agree:.2%}; entity spans: {recall:.2%} of float32's found, {prec:.2%} of the engine's in float32"]
     for procs, seconds in multi.items():
         frac = best["flops"] * 2 / seconds / peak["bf16"]["square"]  # both models: the same shapes and windows
-        lines.append(f"engine, both tasks, {procs} process(es) sharing the device at that setting: "
+        lines.append(f"engine, both tasks, {procs} process(es) (PxT: T threads each) sharing the device at that setting: "
                      f"{len(texts) / seconds:.0f} reviews/s, {frac:.1%} of the bf16 peak")
-    for workers, out in e2e.items():
+    for spec, out in e2e.items():
         rate = len(texts) / out["seconds"]
         ratio = rate / (len(texts) / engine_at_e2e["both_s"])
-        messages = -(-len(texts) // args.e2e_batch)
+        messages = -(-len(texts) * args.e2e_repeat // args.e2e_batch)
+        workers, _, concurrency = spec.partition("x")
+        pool = f" on the threads pool, {concurrency} batches at once each" if concurrency else ""
         # Few messages per worker make this the latency of one job, not a fleet's steady rate.
-        lines.append(f"end to end (enqueue -> Redis -> {workers} worker process(es) on {args.device} -> PostgreSQL), "
-                     f"{args.e2e_batch} reviews per message ({messages / workers:.1f} messages per worker): "
+        lines.append(f"end to end (enqueue -> Redis -> {workers} worker process(es){pool} on {args.device} -> "
+                     f"PostgreSQL), {args.e2e_batch} reviews per message, a job of {len(texts) * args.e2e_repeat} "
+                     f"({messages / int(workers):.1f} messages per worker): "
                      f"{rate:.0f} reviews/s = {ratio:.2f}x one engine process's "
                      f"both-task rate at {engine_at_e2e['per_call']} per call; database {out['rows']}; stored labels "
                      f"equal to the engine's {out['db_vs_engine_labels']:.2%}; first worker's VmHWM "
