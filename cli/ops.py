@@ -44,13 +44,33 @@ def db_downgrade(ctx: Context, revision: str) -> None:
         click.echo(f"database {describe_db(ctx.settings)} at revision {migrate.current(url) or 'base'}")
 
 
+GPU_BATCHES_IN_FLIGHT = 4  # an inference worker's default on a GPU (threads pool)
+
+
+def choose_pool(pool: str | None, concurrency: int | None, inference: bool, gpu: bool) -> tuple[str, int]:
+    """The worker's pool and concurrency where the options leave them out.
+
+    On a GPU, one batch at a time leaves it idle while the worker detects languages and writes;
+    batches in flight together overlap that (bench/RESULTS.md: 1.65x with 2, 1.88x with 4 on an
+    H100). On a CPU one batch already uses every core. A retrain runs for minutes: on the solo pool it
+    would block the connection's heartbeats (RabbitMQ then drops the connection and delivers the
+    retrain again) and pings."""
+    if pool is None:
+        pool = "threads" if gpu or not inference else "solo"
+        if gpu and concurrency is None:
+            concurrency = GPU_BATCHES_IN_FLIGHT
+    return pool, concurrency or 1
+
+
 @click.command()
 @click.option("--queues", "-Q", default="inference", show_default=True, help="Comma-separated queues to consume.")
 @click.option("--pool", type=click.Choice(["solo", "threads", "prefork"]),
-              help="solo: one process, safe with CUDA (the default for inference). threads (the default for a "
-                   "trainer): answers pings and broker heartbeats while a long retrain runs. prefork forks "
-                   "children: CPU only.")
-@click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=1, show_default=True)
+              help="solo: one batch at a time (the default for inference on CPU, where one batch uses every "
+                   "core). threads: several batches at once over one copy of the models (the default for "
+                   f"inference on a GPU, {GPU_BATCHES_IN_FLIGHT} at once, and for a trainer, which answers pings "
+                   "and heartbeats while a long retrain runs). prefork forks children: CPU only.")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 256),
+              help=f"Batches (or children) at once [default: {GPU_BATCHES_IN_FLIGHT} for inference on a GPU, else 1].")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--hostname", "-n", help="Worker name [default: reviews@<host>].")
 @click.option("--beat", "-B", is_flag=True, help="Also run the beat scheduler (one per deployment).")
@@ -62,10 +82,6 @@ def db_downgrade(ctx: Context, revision: str) -> None:
 def worker(ctx: Context, queues: str, pool: str, concurrency: int, loglevel: str, hostname: str | None,
            beat: bool, metrics_port: int | None, log_format: str | None) -> None:
     """Start a Celery worker that analyses batches (queue 'inference') or retrains ('training')."""
-    if pool is None:
-        # A retrain runs for minutes: on the solo pool it would block the connection's heartbeats (RabbitMQ
-        # then drops the connection and delivers the retrain again) and pings (healthchecks fail).
-        pool = "solo" if "inference" in queues.split(",") else "threads"
     from worker import logs, metrics  # neither imports prometheus_client until asked to
     from worker.db import check_schema
     from worker.nlp.device import pick_device
@@ -73,8 +89,12 @@ def worker(ctx: Context, queues: str, pool: str, concurrency: int, loglevel: str
     with clear_errors():
         settings = ctx.settings.with_(metrics_port=metrics_port, log_format=log_format)
         check_schema(settings.database_url)
-        if pool == "prefork" and pick_device(settings.device).type == "cuda":
-            raise click.ClickException("CUDA cannot run in forked children: use --pool solo and scale processes")
+        inference = "inference" in queues.split(",")
+        gpu = inference and pick_device(settings.device).type == "cuda"
+        if pool == "prefork" and gpu:
+            raise click.ClickException("CUDA cannot run in forked children: use --pool threads (or solo) and scale "
+                                       "processes")
+    pool, concurrency = choose_pool(pool, concurrency, inference, gpu)
     if pool == "prefork" and settings.threads == 0:
         # Each child gets its share of the cores; oversubscribed torch threads slow everyone down. The
         # share is part of the settings the app is built with, so every child sees it.

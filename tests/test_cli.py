@@ -226,3 +226,17 @@ def test_a_changed_model_setting_is_reported_loudly(cli, tmp_path):
     assert f"warning: REVIEWS_SENTIMENT_MODEL is {other}, but the active sentiment version 1 serves" in listing.output
     quiet = cli("models", "list")
     assert "warning" not in quiet.output
+
+
+@pytest.mark.parametrize("given, inference, gpu, chosen", [
+    ((None, None), True, True, ("threads", 4)),  # a GPU worker: batches in flight together
+    ((None, None), True, False, ("solo", 1)),  # a CPU worker: one batch uses every core
+    ((None, None), False, False, ("threads", 1)),  # a trainer answers pings while it trains
+    ((None, 2), True, True, ("threads", 2)),
+    (("solo", None), True, True, ("solo", 1)),  # what the user names stays
+    (("prefork", 3), True, False, ("prefork", 3)),
+])
+def test_the_worker_pool_left_out_fits_the_device(given, inference, gpu, chosen):
+    from cli.ops import choose_pool
+
+    assert choose_pool(*given, inference, gpu) == chosen
