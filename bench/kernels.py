@@ -72,11 +72,12 @@ def main() -> None:
 def attention_in_the_forward() -> None:
     """Attention as the engine's forward runs it, from the products' layout (tokens x 768, bf16) to
     the output's: torch's in bf16 and in fp32 (heads split, cast, and back), and kernels.cpp's
-    (native.attention), with one row in four a third shorter (a length-sorted batch's padding)."""
+    (native.attention: AVX-512 BF16, and on AMX's tiles), with one row in four a third shorter (a
+    length-sorted batch's padding)."""
     from worker.nlp import fast, native
 
     print(f"{'attention in the forward (products layout)':44} {'torch fp32':>12} {'torch bf16':>12} {'native':>9} "
-          f"{'native/best torch':>17}  (GFLOP/s)")
+          f"{'tiles':>9} {'best own/best torch':>19}  (GFLOP/s)")
     for batch, width in ((16, 128), (8, 256), (4, 512)):
         q, k, v = (torch.randn(batch * width, 768).to(torch.bfloat16) for _ in range(3))
         lengths = torch.full((batch,), width, dtype=torch.long)
@@ -87,8 +88,11 @@ def attention_in_the_forward() -> None:
         bf16 = seconds(lambda: fast.torch_attention(q, k, v, mask, batch, 12, torch.bfloat16), rounds=10)
         own = seconds(lambda: native.attention(q, k, v, lengths, 12), rounds=10) if native.attention_available() \
             else float("nan")
+        tiles = seconds(lambda: native.attention(q, k, v, lengths, 12, tiles=True), rounds=10) \
+            if native.attention_tiles_available() else float("nan")
+        best = min((t for t in (own, tiles) if t == t), default=float("nan"))
         print(f"{f'  {batch} x {width} tokens':44} {flops / fp32 / 1e9:12.0f} {flops / bf16 / 1e9:12.0f} "
-              f"{flops / own / 1e9:9.0f} {min(fp32, bf16) / own:17.2f}")
+              f"{flops / own / 1e9:9.0f} {flops / tiles / 1e9:9.0f} {min(fp32, bf16) / best:19.2f}")
 
 
 if __name__ == "__main__":

@@ -268,12 +268,12 @@ def needs_native_attention(test):
         not native.attention_available(), reason="no native attention here (it needs AVX-512 BF16)")(test))
 
 
-@needs_native_attention
-@settings(max_examples=80, deadline=None)
-@given(rows=st.integers(1, 4), width=st.integers(1, 90), heads=st.integers(1, 3),
-       head_dim=st.sampled_from([16, 32, 48, 64, 128]), cls_only=st.booleans(), seed=st.integers(0, 2**31 - 1),
-       loud=st.floats(0.1, 8.0))
-def test_attention_is_softmax_of_scores_times_values(rows, width, heads, head_dim, cls_only, seed, loud):
+def needs_attention_tiles(test):
+    return pytest.mark.cpu_feature(pytest.mark.skipif(
+        not native.attention_tiles_available(), reason="no attention on AMX's tiles here (it needs AMX)")(test))
+
+
+def check_attention(rows, width, heads, head_dim, cls_only, seed, loud, tiles=False):
     """Against torch's attention in float32 on the same bf16 inputs, for rows padded on the right
     (any lengths, odd ones and a single key included): the outputs a forward reads agree to about
     bf16's rounding of the probabilities and the output; queries past a row's length get zeros."""
@@ -288,11 +288,38 @@ def test_attention_is_softmax_of_scores_times_values(rows, width, heads, head_di
     want = want.transpose(1, 2).reshape(rows, width, dim)
     if cls_only:
         q, want = q.view(rows, width, dim)[:, 0].contiguous(), want[:, :1]
-    got = native.attention(q, k, v, lengths, heads).float().view(rows, -1, dim)
+    got = native.attention(q, k, v, lengths, heads, tiles=tiles).float().view(rows, -1, dim)
     live = keep[:, : got.shape[1]]
     tolerance = 0.02 * float(v.float().abs().max())
     assert torch.allclose(got[live], want[live], atol=tolerance, rtol=0.02)
     assert not got[~live].any()
+
+
+@needs_native_attention
+@settings(max_examples=80, deadline=None)
+@given(rows=st.integers(1, 4), width=st.integers(1, 90), heads=st.integers(1, 3),
+       head_dim=st.sampled_from([16, 32, 48, 64, 128]), cls_only=st.booleans(), seed=st.integers(0, 2**31 - 1),
+       loud=st.floats(0.1, 8.0))
+def test_attention_is_softmax_of_scores_times_values(rows, width, heads, head_dim, cls_only, seed, loud):
+    check_attention(rows, width, heads, head_dim, cls_only, seed, loud)
+
+
+@needs_attention_tiles
+@settings(max_examples=80, deadline=None)
+@given(rows=st.integers(1, 4), width=st.integers(1, 150), heads=st.integers(1, 3),
+       head_dim=st.sampled_from([64, 128]), cls_only=st.booleans(), seed=st.integers(0, 2**31 - 1),
+       loud=st.floats(0.1, 8.0))
+def test_attention_on_amx_tiles_is_softmax_of_scores_times_values(rows, width, heads, head_dim, cls_only, seed, loud):
+    """The same on AMX's tiles: widths across the tiles' blocks of 16, 32 and 64 keys, partial blocks
+    of queries."""
+    check_attention(rows, width, heads, head_dim, cls_only, seed, loud, tiles=True)
+
+
+@needs_attention_tiles
+def test_attention_on_tiles_takes_heads_of_64_or_128():
+    q = torch.zeros(6, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="the tiles' kernel takes heads of 64 or 128, not 32"):
+        native.attention(q, q, q, torch.tensor([3, 3]), 2, tiles=True)
 
 
 @needs_native_attention

@@ -157,13 +157,15 @@ class Forward:
             packed.pack_linears(model)
         if self.fast:
             # Attention on CPU is measured (fast.cpu_attention): torch's in fp32 or bf16, or the native
-            # kernel, depending on the CPU; it is the largest cost after the products.
+            # kernel (on AMX's tiles or AVX-512's), depending on the CPU; it is the largest cost after
+            # the products.
             attention = None
             if device.type == "cpu" and float_precision == "bf16":
                 config = model.config
                 attention = fast.cpu_attention(config.n_heads, config.dim // config.n_heads)
             self._forward = fast.DistilBertForward(
-                model, per_token, marking=marking, native_attention=attention == "native",
+                model, per_token, marking=marking, native_attention=attention in ("native", "tiles"),
+                attention_tiles=attention == "tiles",
                 attention_dtype=DTYPES[attention] if attention in DTYPES else None)
         else:
             if device.type == "cuda" and precision in DTYPES and precision != "fp32":

@@ -111,13 +111,14 @@ def prefix_lengths(keep: torch.Tensor) -> torch.Tensor | None:
 # The batches cpu_attention times: (rows, width) of 1024 tokens, a typical review and the longest
 # window, the last rows padded as in a length-sorted batch.
 ATTENTION_PROBES = ((8, 128), (2, 512))
-ATTENTION_KERNELS = ("bf16", "fp32", "native")
+ATTENTION_KERNELS = ("bf16", "fp32", "native", "tiles")
 
 
 @lru_cache(maxsize=8)
 def cpu_attention(heads: int, head_dim: int) -> str:
     """The fastest CPU attention between bf16 products: torch's in "bf16", or in "fp32" (q, k and v
-    cast up, the output cast back), or kernels.cpp's ("native", where the CPU has AVX-512 BF16).
+    cast up, the output cast back), or kernels.cpp's ("native", where the CPU has AVX-512 BF16;
+    "tiles", on AMX's tiles, for heads of 64 or 128).
     Not the same everywhere: torch's fp32 ran 5-9% faster than its bf16 on an AVX-512 EPYC, its bf16
     2-3x faster on a Xeon with AMX, whose tiles run flash attention's bf16 products, and the native
     kernel 2-3x torch's best on the EPYC (bench/RESULTS.md). Each is timed from the products' layout
@@ -136,22 +137,25 @@ def cpu_attention(heads: int, head_dim: int) -> str:
     with torch.inference_mode():
         if native.attention_available() and head_dim % 16 == 0 and head_dim <= 128 and _native_agrees(probes, heads):
             runs["native"] = lambda: [native.attention(q, k, v, n, heads) for q, k, v, _, n in probes]
+        if native.attention_tiles_available() and head_dim in (64, 128) and _native_agrees(probes, heads, tiles=True):
+            runs["tiles"] = lambda: [native.attention(q, k, v, n, heads, tiles=True) for q, k, v, _, n in probes]
         pick, median = fastest(runs)
     log.info("attention between bf16 products: %s (%s)", pick,
              ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in median.items()))
     return pick
 
 
-def _native_agrees(probes: list, heads: int) -> bool:
-    """Whether the native kernel computes torch's fp32 attention on the probe batches (rows that
-    exist), to bf16's rounding: a kernel that built but computes wrong is no candidate."""
+def _native_agrees(probes: list, heads: int, tiles: bool = False) -> bool:
+    """Whether the native kernel (tiles: its AMX one) computes torch's fp32 attention on the probe
+    batches (rows that exist), to bf16's rounding: a kernel that built but computes wrong is no
+    candidate."""
     for q, k, v, mask, lengths in probes:
         want = torch_attention(q, k, v, mask, len(lengths), heads, torch.float32).float()
-        got = native.attention(q, k, v, lengths, heads).float().view_as(want)
+        got = native.attention(q, k, v, lengths, heads, tiles=tiles).float().view_as(want)
         live = mask[:, 0, 0, :]
         if not torch.allclose(got[live], want[live], atol=0.03, rtol=0.03):
-            log.warning("native attention disagrees with torch's here (largest difference %.3g): torch's serves",
-                        float((got[live] - want[live]).abs().max()))
+            log.warning("native attention%s disagrees with torch's here (largest difference %.3g): not a candidate",
+                        " on AMX's tiles" if tiles else "", float((got[live] - want[live]).abs().max()))
             return False
     return True
 
@@ -165,10 +169,11 @@ class DistilBertForward:
     go from one layer's product to the next layer's quantized input without torch in between."""
 
     def __init__(self, model, per_token: bool, cls_only: bool = True, attention_dtype: torch.dtype | None = None,
-                 marking=None, fused: bool | None = None, native_attention: bool = False):
+                 marking=None, fused: bool | None = None, native_attention: bool = False,
+                 attention_tiles: bool = False):
         """fused: use kernels.cpp's passes on CPU (default: where they build). native_attention: on
         CPU, with bf16 products, kernels.cpp's attention (native.attention) for batches padded on the
-        right, instead of torch's in attention_dtype."""
+        right, instead of torch's in attention_dtype; attention_tiles: its kernel on AMX's tiles."""
         self.model = model
         # casing.CaseMarking of the "added" style: ids carry each piece's case (casing.py).
         self.marking = marking if marking is not None and marking.style == "added" else None
@@ -184,6 +189,7 @@ class DistilBertForward:
         self.attention_dtype = attention_dtype or self.dtype
         self.fused = fused  # None: decided at the first call on CPU (a CUDA worker never builds them)
         self.native_attention = native_attention and self.dtype == torch.bfloat16
+        self.attention_tiles = attention_tiles
         ffn = self.layers[0].ffn
         # int8.Int8Linear layers (known by their `product`: int8.py imports this module, not the
         # reverse). The int8 layer's fused passes know one feed-forward: GELU, then lin2 quantized
@@ -233,7 +239,8 @@ class DistilBertForward:
         """Attention over the heads of q, k, v (batch * positions, dim): (batch, positions of q, dim)
         in the products' dtype. lengths: each row's, for the native kernel (None: torch's)."""
         if lengths is not None:
-            a = native.attention(q.reshape(-1, dim), k.reshape(-1, dim), v.reshape(-1, dim), lengths, self.n_heads)
+            a = native.attention(q.reshape(-1, dim), k.reshape(-1, dim), v.reshape(-1, dim), lengths, self.n_heads,
+                                 tiles=self.attention_tiles)
             return a.view(batch, -1, dim)
         return torch_attention(q, k, v, mask, batch, self.n_heads, self.attention_dtype).to(self.dtype)
 

@@ -392,15 +392,47 @@ void value_block(const uint32_t* pp, int64_t pstride, const uint32_t* vp, int64_
   }
 }
 
+// k's pairs, key-major within a pair index: kp[p * kpad + j] = (k[j][2p], k[j][2p + 1]), zeros for
+// the keys from `keys` to kpad. Read key by key: k's rows lie `dim` apart (all heads side by side),
+// and reading one pair of every key per pass (as first written) cost more than the products.
+inline void repack_keys(const bf16_bits* k, int64_t keys, int64_t dim, int64_t half, int64_t kpad, uint32_t* kp) {
+  for (int64_t j = 0; j < keys; ++j) {
+    const bf16_bits* kj = k + j * dim;
+    for (int64_t p = 0; p < half; ++p) kp[p * kpad + j] = pair_at(kj + 2 * p);
+  }
+  for (int64_t p = 0; p < half; ++p)
+    for (int64_t j = keys; j < kpad; ++j) kp[p * kpad + j] = 0;
+}
+
+// softmax numerators of one row of scores (keys of them live), rounded to bf16 into pr[0, plen),
+// zeros past the keys (plen >= keys; sr readable to plen rounded up to 16); returns the sum of the
+// rounded values, which the output is divided by at the end.
+inline float softmax_row(const float* sr, int64_t keys, int64_t plen, float scale, bf16_bits* pr) {
+  __m512 top = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < keys; j += 16) top = _mm512_mask_max_ps(top, live_keys(j, keys), top, _mm512_loadu_ps(sr + j));
+  const __m512 sc = _mm512_set1_ps(scale), shift = _mm512_set1_ps(_mm512_reduce_max_ps(top) * scale);
+  __m512 total = _mm512_setzero_ps();
+  for (int64_t j = 0; j < plen; j += 16) {
+    const __m512 e = _mm512_maskz_mov_ps(live_keys(j, keys),
+                                         exp_nonpositive16(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), sc, shift)));
+    const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(e);
+    total = _mm512_add_ps(total, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)));
+    if (j + 16 <= plen) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), rounded);
+    } else {  // the row's last values
+      alignas(32) bf16_bits tail[16];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(tail), rounded);
+      std::memcpy(pr + j, tail, (plen - j) * sizeof(bf16_bits));
+    }
+  }
+  return _mm512_reduce_add_ps(total);
+}
+
 void attention_head(const bf16_bits* q, int64_t nq, const bf16_bits* k, const bf16_bits* v, int64_t dim,
                     int64_t keys, int64_t hd, float scale, bf16_bits* out, const AttentionBuffers& b) {
   // Keys rounded up to 64 for the score blocks (the extra ones zeros), to 2 for the value pairs.
   const int64_t kpad = (keys + 63) / 64 * 64, half = hd / 2, vpairs = (keys + 1) / 2;
-  for (int64_t p = 0; p < half; ++p) {
-    uint32_t* row = b.kp + p * kpad;
-    for (int64_t j = 0; j < keys; ++j) row[j] = pair_at(k + j * dim + 2 * p);
-    for (int64_t j = keys; j < kpad; ++j) row[j] = 0;
-  }
+  repack_keys(k, keys, dim, half, kpad, b.kp);
   for (int64_t m = 0; m < vpairs; ++m) {
     const bf16_bits* v0 = v + 2 * m * dim;
     const bf16_bits* v1 = 2 * m + 1 < keys ? v0 + dim : nullptr;
@@ -416,30 +448,12 @@ void attention_head(const bf16_bits* q, int64_t nq, const bf16_bits* k, const bf
     // of the rounded values kept for the end. Rows past nb: zeros, so their products are finite.
     float sums[kQueries];
     for (int i = 0; i < kQueries; ++i) {
-      float* sr = b.scores + i * kpad;
       bf16_bits* pr = reinterpret_cast<bf16_bits*>(b.pp + i * vpairs);
       if (i >= nb) {
         std::memset(pr, 0, vpairs * 4);
         continue;
       }
-      __m512 top = _mm512_set1_ps(-INFINITY);
-      for (int64_t j = 0; j < keys; j += 16) top = _mm512_mask_max_ps(top, live_keys(j, keys), top, _mm512_loadu_ps(sr + j));
-      const __m512 sc = _mm512_set1_ps(scale), shift = _mm512_set1_ps(_mm512_reduce_max_ps(top) * scale);
-      __m512 total = _mm512_setzero_ps();
-      for (int64_t j = 0; j < 2 * vpairs; j += 16) {
-        const __m512 e = _mm512_maskz_mov_ps(live_keys(j, keys),
-                                             exp_nonpositive16(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), sc, shift)));
-        const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(e);
-        total = _mm512_add_ps(total, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)));
-        if (j + 16 <= 2 * vpairs) {
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), rounded);
-        } else {  // the row's last pairs
-          alignas(32) bf16_bits tail[16];
-          _mm256_store_si256(reinterpret_cast<__m256i*>(tail), rounded);
-          std::memcpy(pr + j, tail, (2 * vpairs - j) * sizeof(bf16_bits));
-        }
-      }
-      sums[i] = _mm512_reduce_add_ps(total);
+      sums[i] = softmax_row(b.scores + i * kpad, keys, 2 * vpairs, scale, pr);
     }
     bf16_bits* o = out + i0 * dim;
     switch (hd / 16) {
@@ -479,7 +493,143 @@ void attention_rows(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, 
     delete[] b.pp;
   }
 }
-#endif
+#endif  // AVX-512 BF16
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#include <sys/syscall.h>
+#include <unistd.h>
+// The same attention on AMX's tiles, for heads of 64 or 128: on a Xeon with AMX, torch's flash
+// attention (whose products run on the tiles) was 2x the AVX-512 kernel above. Every tile is 16
+// rows of 64 bytes: 16 queries x 32 bf16 of q (a), 16 pairs x 16 keys or dims (b: the pair layout
+// the kernel above repacks k and v into), 16 x 16 fp32 (c). Per (row, head) and block of 16
+// queries: scores for 64 keys at a time in four c tiles, the same softmax, then (p v) for 64 dims
+// at a time in four c tiles; partial blocks of queries go through a zeroed copy.
+struct TileConfig {  // LDTILECFG's 64 bytes, palette 1
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+inline void configure_tiles() {
+  alignas(64) TileConfig cfg{};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// Linux gives a process AMX's tile state only when asked (oneDNN asks too, for itself).
+bool amx_permitted() {
+  static const bool ok = [] {
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+  }();
+  return ok;
+}
+
+struct TileBuffers {
+  uint32_t* kp;  // [head_dim / 2][keys rounded up to 64]: k's pairs (zeros past the keys)
+  uint32_t* vp;  // [keys rounded up to 32, / 2][head_dim]: v's pairs along keys (zeros past them)
+  float* scores;  // [16][keys rounded up to 64]
+  bf16_bits* pp;  // [16][keys rounded up to 32]: probabilities, zeros past the keys
+  float* acc;  // [16][head_dim]
+  bf16_bits* qb;  // [16][head_dim]: a partial block of queries, zero-filled
+};
+
+#define SCORE_STEP(t) _tile_loadd(5, b.kp + p0 * kpad + c + 16 * t, kpad * 4); _tile_dpbf16ps(t, 4, 5);
+#define VALUE_STEP(t) _tile_loadd(5, b.vp + m0 * hd + g + 16 * t, hd * 4); _tile_dpbf16ps(t, 4, 5);
+
+void attention_head_tiles(const bf16_bits* q, int64_t nq, const bf16_bits* k, const bf16_bits* v, int64_t dim,
+                          int64_t keys, int64_t hd, float scale, bf16_bits* out, const TileBuffers& b) {
+  const int64_t kpad = (keys + 63) / 64 * 64, vpad = (keys + 31) / 32 * 32, half = hd / 2;
+  repack_keys(k, keys, dim, half, kpad, b.kp);
+  for (int64_t m = 0; m < vpad / 2; ++m) {
+    uint32_t* row = b.vp + m * hd;
+    const bf16_bits* v0 = 2 * m < keys ? v + 2 * m * dim : nullptr;
+    const bf16_bits* v1 = 2 * m + 1 < keys ? v + (2 * m + 1) * dim : nullptr;
+    for (int64_t d = 0; d < hd; ++d)
+      row[d] = (v0 != nullptr ? uint32_t(v0[d]) : 0u) | (v1 != nullptr ? uint32_t(v1[d]) << 16 : 0u);
+  }
+  for (int64_t i0 = 0; i0 < nq; i0 += 16) {
+    const int nb = int(nq - i0 < 16 ? nq - i0 : 16);
+    const bf16_bits* qa = q + i0 * dim;
+    int64_t qstride = dim * 2;
+    if (nb < 16) {
+      std::memset(b.qb, 0, 16 * hd * sizeof(bf16_bits));
+      for (int i = 0; i < nb; ++i) std::memcpy(b.qb + i * hd, qa + i * dim, hd * sizeof(bf16_bits));
+      qa = b.qb;
+      qstride = hd * 2;
+    }
+    for (int64_t c = 0; c < kpad; c += 64) {
+      _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+      for (int64_t p0 = 0; p0 < half; p0 += 16) {
+        _tile_loadd(4, qa + 2 * p0, qstride);
+        SCORE_STEP(0) SCORE_STEP(1) SCORE_STEP(2) SCORE_STEP(3)
+      }
+      _tile_stored(0, b.scores + c, kpad * 4); _tile_stored(1, b.scores + c + 16, kpad * 4);
+      _tile_stored(2, b.scores + c + 32, kpad * 4); _tile_stored(3, b.scores + c + 48, kpad * 4);
+    }
+    float sums[16];
+    for (int i = 0; i < 16; ++i) {
+      bf16_bits* pr = b.pp + i * vpad;
+      if (i >= nb) {
+        std::memset(pr, 0, vpad * sizeof(bf16_bits));
+        continue;
+      }
+      sums[i] = softmax_row(b.scores + i * kpad, keys, vpad, scale, pr);
+    }
+    for (int64_t g = 0; g < hd; g += 64) {
+      _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+      for (int64_t m0 = 0; m0 < vpad / 2; m0 += 16) {
+        _tile_loadd(4, b.pp + 2 * m0, vpad * 2);
+        VALUE_STEP(0) VALUE_STEP(1) VALUE_STEP(2) VALUE_STEP(3)
+      }
+      _tile_stored(0, b.acc + g, hd * 4); _tile_stored(1, b.acc + g + 16, hd * 4);
+      _tile_stored(2, b.acc + g + 32, hd * 4); _tile_stored(3, b.acc + g + 48, hd * 4);
+    }
+    for (int i = 0; i < nb; ++i) {
+      const __m512 inv = _mm512_set1_ps(1.0f / sums[i]);
+      for (int64_t d = 0; d < hd; d += 16) {
+        const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(b.acc + i * hd + d), inv));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (i0 + i) * dim + d), rounded);
+      }
+    }
+  }
+}
+#undef SCORE_STEP
+#undef VALUE_STEP
+
+void attention_rows_tiles(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const int64_t* lengths,
+                          int64_t rows, int64_t nq, int64_t width, int64_t heads, int64_t hd, float scale,
+                          bf16_bits* out, int threads) {
+  const int64_t dim = heads * hd, kpad = (width + 63) / 64 * 64, vpad = (width + 31) / 32 * 32;
+#pragma omp parallel num_threads(threads) if (rows * heads > 1)
+  {
+    configure_tiles();  // per thread: the tile configuration is thread state
+    TileBuffers b{new uint32_t[(hd / 2) * kpad], new uint32_t[(vpad / 2) * hd], new float[16 * kpad],
+                  new bf16_bits[16 * vpad], new float[16 * hd], new bf16_bits[16 * hd]};
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < rows * heads; ++task) {
+      const int64_t r = task / heads, h = task % heads, keys = lengths[r];
+      const int64_t live = nq == 1 ? 1 : keys;  // queries past the length: zeros
+      bf16_bits* o = out + r * nq * dim + h * hd;
+      attention_head_tiles(q + r * nq * dim + h * hd, live, k + r * width * dim + h * hd,
+                           v + r * width * dim + h * hd, dim, keys, hd, scale, o, b);
+      for (int64_t i = live; i < nq; ++i) std::memset(o + i * dim, 0, hd * sizeof(bf16_bits));
+    }
+    delete[] b.kp;
+    delete[] b.vp;
+    delete[] b.scores;
+    delete[] b.pp;
+    delete[] b.acc;
+    delete[] b.qb;
+    _tile_release();
+  }
+}
+#endif  // AMX
+
 
 }  // namespace
 
@@ -567,6 +717,25 @@ int reviews_attention_supported() {
   return 1;
 #else
   return 0;
+#endif
+}
+
+// 1 where attention_tiles_bf16 has a kernel here (AMX, and Linux lets this process use the tiles).
+int reviews_attention_tiles_supported() {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+  return amx_permitted() ? 1 : 0;
+#else
+  return 0;
+#endif
+}
+
+// attention_bf16 on AMX's tiles; head_dim 64 or 128.
+void reviews_attention_tiles_bf16(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const int64_t* lengths,
+                                  int64_t rows, int64_t nq, int64_t width, int64_t heads, int64_t head_dim,
+                                  float scale, bf16_bits* out, int threads) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+  if (amx_permitted())  // without the permission a tile instruction is an illegal instruction
+    attention_rows_tiles(q, k, v, lengths, rows, nq, width, heads, head_dim, scale, out, threads);
 #endif
 }
 

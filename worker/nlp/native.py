@@ -48,6 +48,7 @@ _FUSED = {  # one entry point each, the product's dtype passed as PROD_KINDS
     "reviews_product_gelu_quantize": (_INT, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT),
     # q, k, v, lengths, rows, queries per row, width, heads, head_dim, scale, out, threads
     "reviews_attention_bf16": (_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F, _P, _INT),
+    "reviews_attention_tiles_bf16": (_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _F, _P, _INT),
 }
 PROD_KINDS = {torch.int32: 0, torch.float32: 1, torch.bfloat16: 2}
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
@@ -69,7 +70,8 @@ def library() -> ctypes.CDLL:
     for name, argtypes in _FUSED.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, None
-    lib.reviews_attention_supported.argtypes, lib.reviews_attention_supported.restype = (), _INT
+    for name in ("reviews_attention_supported", "reviews_attention_tiles_supported"):
+        getattr(lib, name).argtypes, getattr(lib, name).restype = (), _INT
     return lib
 
 
@@ -235,10 +237,18 @@ def attention_available() -> bool:
     return available() and bool(library().reviews_attention_supported())
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, heads: int) -> torch.Tensor:
+@lru_cache(maxsize=1)
+def attention_tiles_available() -> bool:
+    """Whether attention(tiles=True) has a kernel here: AMX, which Linux lets this process use."""
+    return attention_available() and bool(library().reviews_attention_tiles_supported())
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, heads: int,
+              tiles: bool = False) -> torch.Tensor:
     """softmax(q k^T / sqrt(head_dim)) v per head, for bf16 rows of heads side by side as the products
     leave them: k, v (rows * width, dim), q the same or (rows, dim) (the [CLS] query alone). lengths
-    (rows,) int64: each row's keys, padded on the right; a query past them gets zeros. Returns bf16."""
+    (rows,) int64: each row's keys, padded on the right; a query past them gets zeros. Returns bf16.
+    tiles: on AMX's tiles (attention_tiles_available(); heads of 64 or 128), else AVX-512 BF16."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 2 or not t.is_contiguous() or t.dtype != torch.bfloat16 or t.device.type != "cpu":
             raise ValueError(f"attention: {name} must be contiguous 2-d bf16 on CPU, got {tuple(t.shape)} {t.dtype}")
@@ -256,7 +266,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.
     if int(lengths.min()) < 1 or int(lengths.max()) > width:
         raise ValueError(f"attention: lengths must lie in 1..{width}")
     out, head_dim = torch.empty_like(q), dim // heads
-    library().reviews_attention_bf16(q.data_ptr(), k.data_ptr(), v.data_ptr(), lengths.data_ptr(), rows,
-                                     q.shape[0] // rows, width, heads, head_dim, head_dim ** -0.5, out.data_ptr(),
-                                     torch.get_num_threads())
+    if tiles and (head_dim not in (64, 128) or not attention_tiles_available()):
+        raise ValueError(f"attention: the tiles' kernel takes heads of 64 or 128, not {head_dim}"
+                         if attention_tiles_available() else "attention: no AMX tiles here")
+    kernel = library().reviews_attention_tiles_bf16 if tiles else library().reviews_attention_bf16
+    kernel(q.data_ptr(), k.data_ptr(), v.data_ptr(), lengths.data_ptr(), rows, q.shape[0] // rows, width, heads,
+           head_dim, head_dim ** -0.5, out.data_ptr(), torch.get_num_threads())
     return out
