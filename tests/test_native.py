@@ -307,18 +307,18 @@ def test_attention_is_softmax_of_scores_times_values(rows, width, heads, head_di
 @needs_attention_tiles
 @settings(max_examples=80, deadline=None)
 @given(rows=st.integers(1, 4), width=st.integers(1, 150), heads=st.integers(1, 3),
-       head_dim=st.sampled_from([64, 128]), cls_only=st.booleans(), seed=st.integers(0, 2**31 - 1),
+       head_dim=st.sampled_from([32, 64, 96, 128]), cls_only=st.booleans(), seed=st.integers(0, 2**31 - 1),
        loud=st.floats(0.1, 8.0))
 def test_attention_on_amx_tiles_is_softmax_of_scores_times_values(rows, width, heads, head_dim, cls_only, seed, loud):
-    """The same on AMX's tiles: widths across the tiles' blocks of 16, 32 and 64 keys, partial blocks
-    of queries."""
+    """The same on AMX's tiles: widths across the tiles' blocks of 16 and 32 keys, partial blocks of
+    queries (fewer than 16, and between 16 and 32)."""
     check_attention(rows, width, heads, head_dim, cls_only, seed, loud, tiles=True)
 
 
 @needs_attention_tiles
-def test_attention_on_tiles_takes_heads_of_64_or_128():
-    q = torch.zeros(6, 64, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="the tiles' kernel takes heads of 64 or 128, not 32"):
+def test_attention_on_tiles_takes_heads_in_steps_of_32():
+    q = torch.zeros(6, 96, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="the tiles' kernel takes heads of 32, 64, 96 or 128, not 48"):
         native.attention(q, q, q, torch.tensor([3, 3]), 2, tiles=True)
 
 

@@ -118,7 +118,7 @@ ATTENTION_KERNELS = ("bf16", "fp32", "native", "tiles")
 def cpu_attention(heads: int, head_dim: int) -> str:
     """The fastest CPU attention between bf16 products: torch's in "bf16", or in "fp32" (q, k and v
     cast up, the output cast back), or kernels.cpp's ("native", where the CPU has AVX-512 BF16;
-    "tiles", on AMX's tiles, for heads of 64 or 128).
+    "tiles", on AMX's tiles, for heads of 32 to 128 in steps of 32).
     Not the same everywhere: torch's fp32 ran 5-9% faster than its bf16 on an AVX-512 EPYC, its bf16
     2-3x faster on a Xeon with AMX, whose tiles run flash attention's bf16 products, and the native
     kernel 2-3x torch's best on the EPYC (bench/RESULTS.md). Each is timed from the products' layout
@@ -137,7 +137,7 @@ def cpu_attention(heads: int, head_dim: int) -> str:
     with torch.inference_mode():
         if native.attention_available() and head_dim % 16 == 0 and head_dim <= 128 and _native_agrees(probes, heads):
             runs["native"] = lambda: [native.attention(q, k, v, n, heads) for q, k, v, _, n in probes]
-        if native.attention_tiles_available() and head_dim in (64, 128) and _native_agrees(probes, heads, tiles=True):
+        if native.attention_tiles_available() and head_dim % 32 == 0 and head_dim <= 128 and _native_agrees(probes, heads, tiles=True):
             runs["tiles"] = lambda: [native.attention(q, k, v, n, heads, tiles=True) for q, k, v, _, n in probes]
         pick, median = fastest(runs)
     log.info("attention between bf16 products: %s (%s)", pick,

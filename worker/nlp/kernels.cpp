@@ -498,12 +498,11 @@ void attention_rows(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
 #include <sys/syscall.h>
 #include <unistd.h>
-// The same attention on AMX's tiles, for heads of 64 or 128: on a Xeon with AMX, torch's flash
-// attention (whose products run on the tiles) was 2x the AVX-512 kernel above. Every tile is 16
-// rows of 64 bytes: 16 queries x 32 bf16 of q (a), 16 pairs x 16 keys or dims (b: the pair layout
-// the kernel above repacks k and v into), 16 x 16 fp32 (c). Per (row, head) and block of 16
-// queries: scores for 64 keys at a time in four c tiles, the same softmax, then (p v) for 64 dims
-// at a time in four c tiles; partial blocks of queries go through a zeroed copy.
+// The same attention on AMX's tiles, for heads of 32 to 128 in steps of 32: on a Xeon with AMX,
+// torch's flash attention (whose products run on the tiles) was 2x the AVX-512 kernel above. Every
+// tile is 16 rows of 64 bytes: 16 queries x 32 bf16 of q (a), 16 pairs x 16 keys or dims (b: the
+// pair layout the kernel above repacks k and v into), 16 x 16 fp32 (c). Per (row, head), blocks of
+// 32 queries: their scores, the same softmax, then (p v); partial blocks go through a zeroed copy.
 struct TileConfig {  // LDTILECFG's 64 bytes, palette 1
   uint8_t palette, start_row, reserved[14];
   uint16_t colsb[16];
@@ -530,64 +529,77 @@ bool amx_permitted() {
 }
 
 struct TileBuffers {
-  uint32_t* kp;  // [head_dim / 2][keys rounded up to 64]: k's pairs (zeros past the keys)
+  uint32_t* kp;  // [head_dim / 2][keys rounded up to 32]: k's pairs (zeros past the keys)
   uint32_t* vp;  // [keys rounded up to 32, / 2][head_dim]: v's pairs along keys (zeros past them)
-  float* scores;  // [16][keys rounded up to 64]
-  bf16_bits* pp;  // [16][keys rounded up to 32]: probabilities, zeros past the keys
-  float* acc;  // [16][head_dim]
-  bf16_bits* qb;  // [16][head_dim]: a partial block of queries, zero-filled
+  float* scores;  // [32][keys rounded up to 32]
+  bf16_bits* pp;  // [32][keys rounded up to 32]: probabilities, zeros past the keys
+  float* acc;  // [32][head_dim]
+  bf16_bits* qb;  // [32][head_dim]: a partial block of queries, zero-filled
 };
 
-#define SCORE_STEP(t) _tile_loadd(5, b.kp + p0 * kpad + c + 16 * t, kpad * 4); _tile_dpbf16ps(t, 4, 5);
-#define VALUE_STEP(t) _tile_loadd(5, b.vp + m0 * hd + g + 16 * t, hd * 4); _tile_dpbf16ps(t, 4, 5);
-
+// Blocks of 32 queries (two a tiles) against 32 keys or dims (two b tiles) into four c tiles: each
+// b tile loaded serves both halves of the queries, as each a tile serves both b tiles. A block of
+// 16 queries or fewer (the [CLS] query alone) skips the second half.
 void attention_head_tiles(const bf16_bits* q, int64_t nq, const bf16_bits* k, const bf16_bits* v, int64_t dim,
                           int64_t keys, int64_t hd, float scale, bf16_bits* out, const TileBuffers& b) {
-  const int64_t kpad = (keys + 63) / 64 * 64, vpad = (keys + 31) / 32 * 32, half = hd / 2;
-  repack_keys(k, keys, dim, half, kpad, b.kp);
-  for (int64_t m = 0; m < vpad / 2; ++m) {
+  const int64_t pad = (keys + 31) / 32 * 32, half = hd / 2;
+  repack_keys(k, keys, dim, half, pad, b.kp);
+  for (int64_t m = 0; m < pad / 2; ++m) {
     uint32_t* row = b.vp + m * hd;
     const bf16_bits* v0 = 2 * m < keys ? v + 2 * m * dim : nullptr;
     const bf16_bits* v1 = 2 * m + 1 < keys ? v + (2 * m + 1) * dim : nullptr;
     for (int64_t d = 0; d < hd; ++d)
       row[d] = (v0 != nullptr ? uint32_t(v0[d]) : 0u) | (v1 != nullptr ? uint32_t(v1[d]) << 16 : 0u);
   }
-  for (int64_t i0 = 0; i0 < nq; i0 += 16) {
-    const int nb = int(nq - i0 < 16 ? nq - i0 : 16);
+  for (int64_t i0 = 0; i0 < nq; i0 += 32) {
+    const int nb = int(nq - i0 < 32 ? nq - i0 : 32);
+    const bool two = nb > 16;
     const bf16_bits* qa = q + i0 * dim;
-    int64_t qstride = dim * 2;
-    if (nb < 16) {
-      std::memset(b.qb, 0, 16 * hd * sizeof(bf16_bits));
+    int64_t qrow = dim;  // elements between queries
+    if (nb < 32) {
+      std::memset(b.qb, 0, 32 * hd * sizeof(bf16_bits));
       for (int i = 0; i < nb; ++i) std::memcpy(b.qb + i * hd, qa + i * dim, hd * sizeof(bf16_bits));
       qa = b.qb;
-      qstride = hd * 2;
+      qrow = hd;
     }
-    for (int64_t c = 0; c < kpad; c += 64) {
+    for (int64_t c = 0; c < pad; c += 32) {
       _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
       for (int64_t p0 = 0; p0 < half; p0 += 16) {
-        _tile_loadd(4, qa + 2 * p0, qstride);
-        SCORE_STEP(0) SCORE_STEP(1) SCORE_STEP(2) SCORE_STEP(3)
+        _tile_loadd(4, qa + 2 * p0, qrow * 2);
+        _tile_loadd(6, b.kp + p0 * pad + c, pad * 4);
+        _tile_loadd(7, b.kp + p0 * pad + c + 16, pad * 4);
+        _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7);
+        if (two) {
+          _tile_loadd(5, qa + 16 * qrow + 2 * p0, qrow * 2);
+          _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
+        }
       }
-      _tile_stored(0, b.scores + c, kpad * 4); _tile_stored(1, b.scores + c + 16, kpad * 4);
-      _tile_stored(2, b.scores + c + 32, kpad * 4); _tile_stored(3, b.scores + c + 48, kpad * 4);
+      _tile_stored(0, b.scores + c, pad * 4); _tile_stored(1, b.scores + c + 16, pad * 4);
+      if (two) { _tile_stored(2, b.scores + 16 * pad + c, pad * 4); _tile_stored(3, b.scores + 16 * pad + c + 16, pad * 4); }
     }
-    float sums[16];
-    for (int i = 0; i < 16; ++i) {
-      bf16_bits* pr = b.pp + i * vpad;
+    float sums[32];
+    for (int i = 0; i < (two ? 32 : 16); ++i) {
+      bf16_bits* pr = b.pp + i * pad;
       if (i >= nb) {
-        std::memset(pr, 0, vpad * sizeof(bf16_bits));
+        std::memset(pr, 0, pad * sizeof(bf16_bits));
         continue;
       }
-      sums[i] = softmax_row(b.scores + i * kpad, keys, vpad, scale, pr);
+      sums[i] = softmax_row(b.scores + i * pad, keys, pad, scale, pr);
     }
-    for (int64_t g = 0; g < hd; g += 64) {
+    for (int64_t g = 0; g < hd; g += 32) {
       _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-      for (int64_t m0 = 0; m0 < vpad / 2; m0 += 16) {
-        _tile_loadd(4, b.pp + 2 * m0, vpad * 2);
-        VALUE_STEP(0) VALUE_STEP(1) VALUE_STEP(2) VALUE_STEP(3)
+      for (int64_t m0 = 0; m0 < pad / 2; m0 += 16) {
+        _tile_loadd(4, b.pp + 2 * m0, pad * 2);
+        _tile_loadd(6, b.vp + m0 * hd + g, hd * 4);
+        _tile_loadd(7, b.vp + m0 * hd + g + 16, hd * 4);
+        _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7);
+        if (two) {
+          _tile_loadd(5, b.pp + 16 * pad + 2 * m0, pad * 2);
+          _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
+        }
       }
       _tile_stored(0, b.acc + g, hd * 4); _tile_stored(1, b.acc + g + 16, hd * 4);
-      _tile_stored(2, b.acc + g + 32, hd * 4); _tile_stored(3, b.acc + g + 48, hd * 4);
+      if (two) { _tile_stored(2, b.acc + 16 * hd + g, hd * 4); _tile_stored(3, b.acc + 16 * hd + g + 16, hd * 4); }
     }
     for (int i = 0; i < nb; ++i) {
       const __m512 inv = _mm512_set1_ps(1.0f / sums[i]);
@@ -598,18 +610,16 @@ void attention_head_tiles(const bf16_bits* q, int64_t nq, const bf16_bits* k, co
     }
   }
 }
-#undef SCORE_STEP
-#undef VALUE_STEP
 
 void attention_rows_tiles(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const int64_t* lengths,
                           int64_t rows, int64_t nq, int64_t width, int64_t heads, int64_t hd, float scale,
                           bf16_bits* out, int threads) {
-  const int64_t dim = heads * hd, kpad = (width + 63) / 64 * 64, vpad = (width + 31) / 32 * 32;
+  const int64_t dim = heads * hd, pad = (width + 31) / 32 * 32;
 #pragma omp parallel num_threads(threads) if (rows * heads > 1)
   {
     configure_tiles();  // per thread: the tile configuration is thread state
-    TileBuffers b{new uint32_t[(hd / 2) * kpad], new uint32_t[(vpad / 2) * hd], new float[16 * kpad],
-                  new bf16_bits[16 * vpad], new float[16 * hd], new bf16_bits[16 * hd]};
+    TileBuffers b{new uint32_t[(hd / 2) * pad], new uint32_t[(pad / 2) * hd], new float[32 * pad],
+                  new bf16_bits[32 * pad], new float[32 * hd], new bf16_bits[32 * hd]};
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < rows * heads; ++task) {
       const int64_t r = task / heads, h = task % heads, keys = lengths[r];
@@ -729,7 +739,7 @@ int reviews_attention_tiles_supported() {
 #endif
 }
 
-// attention_bf16 on AMX's tiles; head_dim 64 or 128.
+// attention_bf16 on AMX's tiles; head_dim 32, 64, 96 or 128.
 void reviews_attention_tiles_bf16(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const int64_t* lengths,
                                   int64_t rows, int64_t nq, int64_t width, int64_t heads, int64_t head_dim,
                                   float scale, bf16_bits* out, int threads) {

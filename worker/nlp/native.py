@@ -248,7 +248,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.
     """softmax(q k^T / sqrt(head_dim)) v per head, for bf16 rows of heads side by side as the products
     leave them: k, v (rows * width, dim), q the same or (rows, dim) (the [CLS] query alone). lengths
     (rows,) int64: each row's keys, padded on the right; a query past them gets zeros. Returns bf16.
-    tiles: on AMX's tiles (attention_tiles_available(); heads of 64 or 128), else AVX-512 BF16."""
+    tiles: on AMX's tiles (attention_tiles_available(); heads of 32 to 128 in steps of 32), else AVX-512 BF16."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 2 or not t.is_contiguous() or t.dtype != torch.bfloat16 or t.device.type != "cpu":
             raise ValueError(f"attention: {name} must be contiguous 2-d bf16 on CPU, got {tuple(t.shape)} {t.dtype}")
@@ -266,8 +266,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.
     if int(lengths.min()) < 1 or int(lengths.max()) > width:
         raise ValueError(f"attention: lengths must lie in 1..{width}")
     out, head_dim = torch.empty_like(q), dim // heads
-    if tiles and (head_dim not in (64, 128) or not attention_tiles_available()):
-        raise ValueError(f"attention: the tiles' kernel takes heads of 64 or 128, not {head_dim}"
+    if tiles and (head_dim % 32 or not attention_tiles_available()):
+        raise ValueError(f"attention: the tiles' kernel takes heads of 32, 64, 96 or 128, not {head_dim}"
                          if attention_tiles_available() else "attention: no AMX tiles here")
     kernel = library().reviews_attention_tiles_bf16 if tiles else library().reviews_attention_bf16
     kernel(q.data_ptr(), k.data_ptr(), v.data_ptr(), lengths.data_ptr(), rows, q.shape[0] // rows, width, heads,
