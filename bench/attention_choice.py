@@ -1,5 +1,5 @@
 """The engine with each CPU attention kernel the host has, in one process, interleaved rounds: what
-fast.cpu_attention's choice is worth to whole forwards (its own probe times attention alone).
+attention.cpu_attention's choice is worth to whole forwards (its own probe times attention alone).
 
     python bench/attention_choice.py --reviews 128 --rounds 3 --precision int8    # REVIEWS_DATA_DIR: IMDb
 """
@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, model_dirs, now, real_reviews  # noqa: E402
-from worker.nlp import fast, native  # noqa: E402
+from worker.nlp import native  # noqa: E402
+from worker.nlp.cpu import DTYPES  # noqa: E402
 from worker.nlp.ner import load_ner  # noqa: E402
 from worker.nlp.sentiment import load_sentiment  # noqa: E402
 
@@ -28,7 +29,7 @@ def use(model, kernel: str) -> None:
     fwd = model.forward._forward
     fwd.native_attention = kernel in ("native", "tiles")
     fwd.attention_tiles = kernel == "tiles"
-    fwd.attention_dtype = fast.DTYPES.get(kernel, torch.bfloat16)
+    fwd.attention_dtype = DTYPES.get(kernel, torch.bfloat16)
 
 
 def key(result):

@@ -386,7 +386,7 @@ def test_int8_linear_matches_the_float_product_per_token(centered, kernel):
 
 
 @pytest.mark.cpu_feature
-def test_both_int8_products_give_the_same_outputs_and_the_faster_one_is_measured(caplog):
+def test_both_int8_products_give_the_same_outputs_and_the_faster_one_is_measured(caplog, monkeypatch, tmp_path):
     """The two kernels compute the same products (int32 sums, exact): they differ in where the column
     scales are applied, so by float rounding only. product_kernel times both and says so."""
     from worker.nlp import int8
@@ -403,11 +403,17 @@ def test_both_int8_products_give_the_same_outputs_and_the_faster_one_is_measured
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="int8 kernel must be one of int_mm, onednn, not 'vnni'"):
         int8.Int8Linear(linear, kernel="vnni")
+    monkeypatch.setenv("REVIEWS_HOME", str(tmp_path / "home"))  # measured, not read from a cache
     int8.product_kernel.cache_clear()
     with caplog.at_level("INFO", logger="worker.nlp.int8"):
         pick = int8.product_kernel(96, 80)
     assert pick in int8.KERNELS
     assert f"int8 product for hidden 96 / 80: {pick} (int_mm " in caplog.text and "onednn " in caplog.text
+    int8.product_kernel.cache_clear()  # the next process on this host reads the pick
+    with caplog.at_level("INFO", logger="worker.nlp"):
+        assert int8.product_kernel(96, 80) == pick
+    assert f"int8 product hidden=96 intermediate=80: {pick} (measured before" in caplog.text
+    int8.product_kernel.cache_clear()
 
 
 def test_onednn_int8_is_offered_only_where_it_runs_a_real_kernel(caplog):
@@ -446,26 +452,37 @@ def test_onednn_int8_is_offered_only_where_it_runs_a_real_kernel(caplog):
 
 
 @pytest.mark.cpu_feature
-def test_cpu_attention_between_bf16_products_is_measured_and_used(tiny_models, caplog):
+def test_cpu_attention_between_bf16_products_is_measured_and_used(tiny_models, caplog, monkeypatch, tmp_path):
     """torch's fp32 attention ran faster than its bf16 on an AVX-512 EPYC, its bf16 2-3x faster on a
     Xeon with AMX, kernels.cpp's 2-3x torch's best on the EPYC: the engine times them once per
-    process and both bf16 and int8 engines use the pick."""
+    host and both bf16 and int8 engines use the pick; later processes read it from the cache."""
+    from worker.nlp import attention, native
     from worker.nlp import device as dev
-    from worker.nlp import fast, native
 
     if not dev.cpu_has_fast_bf16():
         pytest.skip("no fast bf16 on this CPU: attention stays fp32 there, nothing is measured")
-    fast.cpu_attention.cache_clear()
-    with caplog.at_level("INFO", logger="worker.nlp.fast"):
-        pick = fast.cpu_attention(2, 16)
-    assert pick in fast.ATTENTION_KERNELS
+    monkeypatch.setenv("REVIEWS_HOME", str(tmp_path / "home"))
+    attention.cpu_attention.cache_clear()
+    with caplog.at_level("INFO", logger="worker.nlp"):
+        pick = attention.cpu_attention(2, 32)
+    assert pick in attention.ATTENTION_KERNELS
     assert f"attention between bf16 products: {pick} (bf16 " in caplog.text and " ms, fp32 " in caplog.text
     assert (", native " in caplog.text) == native.attention_available()
+    assert (", tiles " in caplog.text) == native.attention_tiles_available()
+    # A new process (here: the function's memo cleared) takes the pick from the cache, timing nothing.
+    attention.cpu_attention.cache_clear()
+    caplog.clear()
+    with monkeypatch.context() as m, caplog.at_level("INFO", logger="worker.nlp"):
+        m.setattr(attention, "fastest", lambda runs: pytest.fail("measured again"))
+        assert attention.cpu_attention(2, 32) == pick
+    assert f"attention heads=2 head_dim=32: {pick} (measured before" in caplog.text
+    attention.cpu_attention.cache_clear()
     for precision in ("bf16", "int8"):
         engine = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision=precision)
         config, fwd = engine.model.config, engine.forward._forward
-        pick = fast.cpu_attention(config.n_heads, config.dim // config.n_heads)
-        assert fwd.native_attention == (pick == "native")
+        pick = attention.cpu_attention(config.n_heads, config.dim // config.n_heads)
+        assert fwd.native_attention == (pick in ("native", "tiles"))
+        assert fwd.attention_tiles == (pick == "tiles")
         assert fwd.attention_dtype == (torch.float32 if pick == "fp32" else torch.bfloat16)
     fp32 = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").forward._forward
     assert fp32.attention_dtype == torch.float32 and not fp32.native_attention
@@ -476,19 +493,22 @@ def test_a_native_attention_that_computes_wrong_is_no_candidate(monkeypatch, cap
     """The kernel is built per host with the host's compiler: before it is timed, cpu_attention checks
     it against torch's fp32 attention on the probe batches, and one that disagrees is not used. Here a
     kernel that forgets the softmax's scale stands in for a miscompiled one."""
-    from worker.nlp import fast, native
+    from worker.nlp import attention, native
 
     if not native.attention_available():
         pytest.skip("no native attention here (it needs AVX-512 BF16 and a C++ compiler)")
     real = native.attention
-    fast.cpu_attention.cache_clear()
-    monkeypatch.setattr(native, "attention", lambda q, k, v, lengths, heads: real(q * 2, k, v, lengths, heads))
-    with caplog.at_level("INFO", logger="worker.nlp.fast"):
-        pick = fast.cpu_attention(12, 64)
-    fast.cpu_attention.cache_clear()
+    attention.cpu_attention.cache_clear()
+    monkeypatch.setattr(native, "attention", lambda q, k, v, lengths, heads, tiles=False:
+                        real(q * 2, k, v, lengths, heads, tiles=tiles))
+    with caplog.at_level("INFO", logger="worker.nlp.attention"):
+        pick = attention.cpu_attention(12, 64)
+    attention.cpu_attention.cache_clear()
     assert pick in ("bf16", "fp32")
     assert "native attention disagrees with torch's here (largest difference" in caplog.text
-    assert ", native " not in caplog.text
+    assert ", native " not in caplog.text and ", tiles " not in caplog.text
+    if native.attention_tiles_available():
+        assert "native attention on AMX's tiles disagrees with torch's here" in caplog.text
 
 
 @pytest.mark.cpu_feature

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import attention as attention_choice
 from . import casing, fast, int8, packed
 from .device import DTYPES, autocast, cpu_float_precision, thread_stream
 
@@ -156,13 +157,13 @@ class Forward:
         elif self.fast and pack_weights and device.type == "cpu" and precision == "bf16" and packed.available():
             packed.pack_linears(model)
         if self.fast:
-            # Attention on CPU is measured (fast.cpu_attention): torch's in fp32 or bf16, or the native
+            # Attention on CPU is measured (attention.cpu_attention): torch's in fp32 or bf16, or the native
             # kernel (on AMX's tiles or AVX-512's), depending on the CPU; it is the largest cost after
             # the products.
             attention = None
             if device.type == "cpu" and float_precision == "bf16":
                 config = model.config
-                attention = fast.cpu_attention(config.n_heads, config.dim // config.n_heads)
+                attention = attention_choice.cpu_attention(config.n_heads, config.dim // config.n_heads)
             self._forward = fast.DistilBertForward(
                 model, per_token, marking=marking, native_attention=attention in ("native", "tiles"),
                 attention_tiles=attention == "tiles",

@@ -9,8 +9,9 @@ The math is that of transformers' DistilBERT; what differs is what gets computed
 - A sequence classifier reads only the [CLS] position of the last layer, so the last layer computes
   keys and values for every token but the query, the attention output, and the feed-forward block
   for [CLS] alone: about 5/6 of one layer's work is skipped.
-- Attention on CPU is whichever of three cpu_attention measured fastest at start: kernels.cpp's
-  (AVX-512 BF16; it reads q, k and v where the products left them and skips the padding), or
+- Attention on CPU is whichever attention.cpu_attention measured fastest on the host: kernels.cpp's
+  (AVX-512 BF16 or AMX's tiles; it reads q, k and v where the products left them and skips the
+  padding), or
   torch's scaled_dot_product_attention in bf16 or fp32. torch's gets a key-padding mask, and no
   mask at all when a batch has no padding (its fastest kernel). On CUDA, never cuDNN's: it builds an execution
   plan for every new batch shape, and a worker meets new shapes all the time (on an H100 the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import native
-from .cpu import DTYPES, fastest
+
 
 log = logging.getLogger(__name__)
 
@@ -106,58 +106,6 @@ def prefix_lengths(keep: torch.Tensor) -> torch.Tensor | None:
     if int(lengths.min()) < 1 or not bool((keep == (torch.arange(keep.shape[1]) < lengths[:, None])).all()):
         return None
     return lengths
-
-
-# The batches cpu_attention times: (rows, width) of 1024 tokens, a typical review and the longest
-# window, the last rows padded as in a length-sorted batch.
-ATTENTION_PROBES = ((8, 128), (2, 512))
-ATTENTION_KERNELS = ("bf16", "fp32", "native", "tiles")
-
-
-@lru_cache(maxsize=8)
-def cpu_attention(heads: int, head_dim: int) -> str:
-    """The fastest CPU attention between bf16 products: torch's in "bf16", or in "fp32" (q, k and v
-    cast up, the output cast back), or kernels.cpp's ("native", where the CPU has AVX-512 BF16;
-    "tiles", on AMX's tiles, for heads of 32 to 128 in steps of 32).
-    Not the same everywhere: torch's fp32 ran 5-9% faster than its bf16 on an AVX-512 EPYC, its bf16
-    2-3x faster on a Xeon with AMX, whose tiles run flash attention's bf16 products, and the native
-    kernel 2-3x torch's best on the EPYC (bench/RESULTS.md). Each is timed from the products' layout
-    to the output's, as the forward runs it, once per process on both probe batches, interleaved,
-    median of 5: about 0.1 s for DistilBERT-base's 12 heads of 64. The native kernel must first
-    agree with torch's fp32 attention on them."""
-    gen = torch.Generator().manual_seed(0)
-    probes = []
-    for rows, width in ATTENTION_PROBES:
-        q, k, v = (torch.randn(rows * width, heads * head_dim, generator=gen).to(torch.bfloat16) for _ in range(3))
-        lengths = torch.full((rows,), width, dtype=torch.long)
-        lengths[rows // 2:] = width - width // 8
-        probes.append((q, k, v, torch.arange(width)[None, None, None, :] < lengths[:, None, None, None], lengths))
-    runs = {name: (lambda d=DTYPES[name]: [torch_attention(q, k, v, m, len(n), heads, d)
-                                          for q, k, v, m, n in probes]) for name in ("bf16", "fp32")}
-    with torch.inference_mode():
-        if native.attention_available() and head_dim % 16 == 0 and head_dim <= 128 and _native_agrees(probes, heads):
-            runs["native"] = lambda: [native.attention(q, k, v, n, heads) for q, k, v, _, n in probes]
-        if native.attention_tiles_available() and head_dim % 32 == 0 and head_dim <= 128 and _native_agrees(probes, heads, tiles=True):
-            runs["tiles"] = lambda: [native.attention(q, k, v, n, heads, tiles=True) for q, k, v, _, n in probes]
-        pick, median = fastest(runs)
-    log.info("attention between bf16 products: %s (%s)", pick,
-             ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in median.items()))
-    return pick
-
-
-def _native_agrees(probes: list, heads: int, tiles: bool = False) -> bool:
-    """Whether the native kernel (tiles: its AMX one) computes torch's fp32 attention on the probe
-    batches (rows that exist), to bf16's rounding: a kernel that built but computes wrong is no
-    candidate."""
-    for q, k, v, mask, lengths in probes:
-        want = torch_attention(q, k, v, mask, len(lengths), heads, torch.float32).float()
-        got = native.attention(q, k, v, lengths, heads, tiles=tiles).float().view_as(want)
-        live = mask[:, 0, 0, :]
-        if not torch.allclose(got[live], want[live], atol=0.03, rtol=0.03):
-            log.warning("native attention%s disagrees with torch's here (largest difference %.3g): not a candidate",
-                        " on AMX's tiles" if tiles else "", float((got[live] - want[live]).abs().max()))
-            return False
-    return True
 
 
 class DistilBertForward:

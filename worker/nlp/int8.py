@@ -29,7 +29,7 @@ from torch import nn
 
 from . import native
 from .cpu import DTYPES, cpu_float_precision, fastest
-from .precision_cache import feed_forward_sizes
+from .precision_cache import feed_forward_sizes, kernel_choice
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +116,23 @@ def _onednn_slowdown(dtype: torch.dtype) -> float:
 def product_kernel(hidden: int = 768, intermediate: int = 3072) -> str:
     """The faster int8 product here for a model of these sizes: both kernels' whole Int8Linear
     (quantize, product, dequantize) on the two feed-forward shapes, interleaved, median of 5.
-    About 0.1 s for DistilBERT-base, once per process."""
+    About 0.1-0.2 s for DistilBERT-base, once per host (kept beside the precision choices)."""
     if not onednn_available():
         return "int_mm"
-    gen = torch.Generator().manual_seed(0)
-    dtype = DTYPES[cpu_float_precision()]
-    shapes = [(hidden, intermediate), (intermediate, hidden)]
-    layers = {k: [Int8Linear(nn.Linear(i, o), kernel=k) for i, o in shapes] for k in KERNELS}
-    inputs = [torch.randn(KERNEL_PROBE_ROWS, i, generator=gen).to(dtype) for i, _ in shapes]
-    with torch.inference_mode():
-        pick, median = fastest({k: lambda k=k: [layer(x) for layer, x in zip(layers[k], inputs)] for k in KERNELS})
-    log.info("int8 product for hidden %d / %d: %s (%s)", hidden, intermediate, pick,
-             ", ".join(f"{k} {1000 * t:.2f} ms" for k, t in median.items()))
-    return pick
+
+    def measure():
+        gen = torch.Generator().manual_seed(0)
+        dtype = DTYPES[cpu_float_precision()]
+        shapes = [(hidden, intermediate), (intermediate, hidden)]
+        layers = {k: [Int8Linear(nn.Linear(i, o), kernel=k) for i, o in shapes] for k in KERNELS}
+        inputs = [torch.randn(KERNEL_PROBE_ROWS, i, generator=gen).to(dtype) for i, _ in shapes]
+        with torch.inference_mode():
+            pick, median = fastest({k: lambda k=k: [layer(x) for layer, x in zip(layers[k], inputs)] for k in KERNELS})
+        log.info("int8 product for hidden %d / %d: %s (%s)", hidden, intermediate, pick,
+                 ", ".join(f"{k} {1000 * t:.2f} ms" for k, t in median.items()))
+        return pick, median
+
+    return kernel_choice(f"int8 product hidden={hidden} intermediate={intermediate}", measure, KERNELS.__contains__)
 
 
 class Int8Linear(nn.Module):

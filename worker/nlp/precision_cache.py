@@ -69,7 +69,8 @@ def read_cache(path: Path) -> dict:
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
         log.warning("precision cache %s has an unknown layout; measuring again", path)
         return {}
-    return {k: v for k, v in data["entries"].items() if isinstance(v, dict) and isinstance(v.get("precision"), str)}
+    return {k: v for k, v in data["entries"].items()
+            if isinstance(v, dict) and isinstance(v.get("precision", v.get("choice")), str)}
 
 
 def write_cache(path: Path, key: str, entry: dict) -> None:
@@ -90,3 +91,23 @@ def write_cache(path: Path, key: str, entry: dict) -> None:
             raise
     except OSError as exc:
         log.warning("cannot write the precision cache %s (%s); the next start measures again", path, exc)
+
+
+def kernel_choice(what: str, measure, usable) -> str:
+    """A kernel choice measured once per host and kept with the precision choices: `what` names it
+    ("attention heads=12 head_dim=64"); measure() -> (choice, {candidate: seconds}) times the
+    candidates; usable(choice) says whether a cached choice can still serve in this process (its
+    kernel built and computes right here). Worker starts after the first pay nothing for it. In a
+    file of their own, with its own lock: precision.choose measures (and builds engines that ask
+    here) while it holds the precision cache's."""
+    path = cache_path().with_name("kernel-choices.json")
+    key = (f"engine={ENGINE_REVISION} | cpu={cpu_model_name()} | torch={torch.__version__} | "
+           f"threads={torch.get_num_threads()} | kernel {what}")
+    with locked(path):
+        cached = read_cache(path).get(key, {}).get("choice")
+        if cached is not None and usable(cached):
+            log.info("%s: %s (measured before, %s)", what, cached, path)
+            return cached
+        choice, seconds = measure()
+        write_cache(path, key, {"choice": choice, "ms": {k: round(1000 * t, 3) for k, t in seconds.items()}})
+    return choice
