@@ -489,7 +489,7 @@ def test_cpu_attention_between_bf16_products_is_measured_and_used(tiny_models, c
 
 
 @pytest.mark.cpu_feature
-def test_a_native_attention_that_computes_wrong_is_no_candidate(monkeypatch, caplog):
+def test_a_native_attention_that_computes_wrong_is_no_candidate(monkeypatch, caplog, tmp_path):
     """The kernel is built per host with the host's compiler: before it is timed, cpu_attention checks
     it against torch's fp32 attention on the probe batches, and one that disagrees is not used. Here a
     kernel that forgets the softmax's scale stands in for a miscompiled one."""
@@ -498,6 +498,7 @@ def test_a_native_attention_that_computes_wrong_is_no_candidate(monkeypatch, cap
     if not native.attention_available():
         pytest.skip("no native attention here (it needs AVX-512 BF16 and a C++ compiler)")
     real = native.attention
+    monkeypatch.setenv("REVIEWS_HOME", str(tmp_path / "home"))  # no choice kept from an earlier test
     attention.cpu_attention.cache_clear()
     monkeypatch.setattr(native, "attention", lambda q, k, v, lengths, heads, tiles=False:
                         real(q * 2, k, v, lengths, heads, tiles=tiles))
