@@ -8,6 +8,10 @@
 #
 # For a bare GPU box without network (a lent benchmark machine), everything can travel in .gpu/:
 #   .gpu/whl/*.whl          the Python packages the box lacks (installed with --no-index into /tmp/site)
+#                           (on the lent H100/H200 image: celery and its kombu, billiard, vine, amqp,
+#                           click-didyoumean/-repl/-plugins, prompt_toolkit, wcwidth, tzdata, tzlocal;
+#                           redis, SQLAlchemy, greenlet, alembic, Mako, psycopg[binary], py3langid,
+#                           starlette, uvicorn)
 #   .gpu/pgserver-*.whl     PostgreSQL binaries (the pgserver wheel), started on 5432 as user nobody
 #   .gpu/redis/             a redis-server binary and the libraries it needs, started on 6379
 #   .gpu/data/imdb/unsup.jsonl.gz   the reviews to measure on (REVIEWS_DATA_DIR)
