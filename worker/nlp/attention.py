@@ -32,22 +32,26 @@ def cpu_attention(heads: int, head_dim: int) -> str:
     each is timed as the forward runs it, on batches of a pass's 2048 tokens, interleaved, median of
     5: about 1 s for 12 heads of 64, once per host (kept beside the precision choices). The native
     kernels must agree with torch's fp32 attention first, in every process."""
-    probes = _attention_probes(heads, head_dim)
+    probes: list = []  # built on first need: a cached torch pick needs none
+
+    def batches() -> list:
+        if not probes:
+            probes.extend(_attention_probes(heads, head_dim))
+        return probes
 
     def usable(kernel: str) -> bool:
         if kernel in ("bf16", "fp32"):
             return True
-        return _native_candidate(kernel, head_dim) and _native_agrees(probes, heads, tiles=kernel == "tiles")
+        return _native_candidate(kernel, head_dim) and _native_agrees(batches(), heads, tiles=kernel == "tiles")
 
     def measure():
         runs = {name: (lambda d=DTYPES[name]: [torch_attention(q, k, v, m, len(n), heads, d)
-                                              for q, k, v, m, n in probes]) for name in ("bf16", "fp32")}
-        with torch.inference_mode():
-            for kernel in ("native", "tiles"):
-                if _native_candidate(kernel, head_dim) and _native_agrees(probes, heads, tiles=kernel == "tiles"):
-                    runs[kernel] = lambda t=kernel == "tiles": [native.attention(q, k, v, n, heads, tiles=t)
-                                                                for q, k, v, _, n in probes]
-            pick, median = fastest(runs)
+                                              for q, k, v, m, n in batches()]) for name in ("bf16", "fp32")}
+        for kernel in ("native", "tiles"):
+            if usable(kernel):
+                runs[kernel] = lambda t=kernel == "tiles": [native.attention(q, k, v, n, heads, tiles=t)
+                                                            for q, k, v, _, n in batches()]
+        pick, median = fastest(runs)
         log.info("attention between bf16 products: %s (%s)", pick,
                  ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in median.items()))
         return pick, median

@@ -25,7 +25,6 @@ Any other architecture runs through transformers' own forward (see `forward_for`
 from __future__ import annotations
 
 import contextlib
-import logging
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +33,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import native
 
-
-log = logging.getLogger(__name__)
 
 # The attention kernels allowed on CUDA: all but cuDNN's (see the module's docstring).
 CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]

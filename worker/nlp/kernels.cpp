@@ -404,6 +404,18 @@ inline void repack_keys(const bf16_bits* k, int64_t keys, int64_t dim, int64_t h
     for (int64_t j = keys; j < kpad; ++j) kp[p * kpad + j] = 0;
 }
 
+// v's pairs along keys: vp[m * hd + d] = (v[2m][d], v[2m + 1][d]) for the first `pairs` pairs, zeros
+// for keys from `keys` on (pairs may run past them: the tiles read whole blocks of 16 pairs).
+inline void repack_values(const bf16_bits* v, int64_t keys, int64_t dim, int64_t hd, int64_t pairs, uint32_t* vp) {
+  for (int64_t m = 0; m < pairs; ++m) {
+    uint32_t* row = vp + m * hd;
+    const bf16_bits* v0 = 2 * m < keys ? v + 2 * m * dim : nullptr;
+    const bf16_bits* v1 = 2 * m + 1 < keys ? v + (2 * m + 1) * dim : nullptr;
+    for (int64_t d = 0; d < hd; ++d)
+      row[d] = (v0 != nullptr ? uint32_t(v0[d]) : 0u) | (v1 != nullptr ? uint32_t(v1[d]) << 16 : 0u);
+  }
+}
+
 // softmax numerators of one row of scores (keys of them live), rounded to bf16 into pr[0, plen),
 // zeros past the keys (plen >= keys; sr readable to plen rounded up to 16); returns the sum of the
 // rounded values, which the output is divided by at the end.
@@ -433,12 +445,7 @@ void attention_head(const bf16_bits* q, int64_t nq, const bf16_bits* k, const bf
   // Keys rounded up to 64 for the score blocks (the extra ones zeros), to 2 for the value pairs.
   const int64_t kpad = (keys + 63) / 64 * 64, half = hd / 2, vpairs = (keys + 1) / 2;
   repack_keys(k, keys, dim, half, kpad, b.kp);
-  for (int64_t m = 0; m < vpairs; ++m) {
-    const bf16_bits* v0 = v + 2 * m * dim;
-    const bf16_bits* v1 = 2 * m + 1 < keys ? v0 + dim : nullptr;
-    uint32_t* row = b.vp + m * hd;
-    for (int64_t d = 0; d < hd; ++d) row[d] = uint32_t(v0[d]) | (v1 != nullptr ? uint32_t(v1[d]) << 16 : 0u);
-  }
+  repack_values(v, keys, dim, hd, vpairs, b.vp);
   for (int64_t i0 = 0; i0 < nq; i0 += kQueries) {
     const int nb = int(nq - i0 < kQueries ? nq - i0 : kQueries);
     const bf16_bits* qi[kQueries];
@@ -544,13 +551,7 @@ void attention_head_tiles(const bf16_bits* q, int64_t nq, const bf16_bits* k, co
                           int64_t keys, int64_t hd, float scale, bf16_bits* out, const TileBuffers& b) {
   const int64_t pad = (keys + 31) / 32 * 32, half = hd / 2;
   repack_keys(k, keys, dim, half, pad, b.kp);
-  for (int64_t m = 0; m < pad / 2; ++m) {
-    uint32_t* row = b.vp + m * hd;
-    const bf16_bits* v0 = 2 * m < keys ? v + 2 * m * dim : nullptr;
-    const bf16_bits* v1 = 2 * m + 1 < keys ? v + (2 * m + 1) * dim : nullptr;
-    for (int64_t d = 0; d < hd; ++d)
-      row[d] = (v0 != nullptr ? uint32_t(v0[d]) : 0u) | (v1 != nullptr ? uint32_t(v1[d]) << 16 : 0u);
-  }
+  repack_values(v, keys, dim, hd, pad / 2, b.vp);
   for (int64_t i0 = 0; i0 < nq; i0 += 32) {
     const int nb = int(nq - i0 < 32 ? nq - i0 : 32);
     const bool two = nb > 16;

@@ -49,11 +49,15 @@ def feed_forward_sizes(model) -> tuple[int, int]:
     return hidden, s["intermediate"] or 4 * hidden
 
 
+def host_key() -> str:
+    """What every measured choice holds for: the engine's revision, the CPU, torch, its threads."""
+    return (f"engine={ENGINE_REVISION} | cpu={cpu_model_name()} | torch={torch.__version__} | "
+            f"threads={torch.get_num_threads()}")
+
+
 def cache_key(model, task: str) -> str:
     s = model_shape(model)
-    return (f"engine={ENGINE_REVISION} | cpu={cpu_model_name()} | torch={torch.__version__} | "
-            f"threads={torch.get_num_threads()} | "
-            f"task={task} | {s['type']} hidden={s['hidden']} layers={s['layers']} heads={s['heads']} "
+    return (f"{host_key()} | task={task} | {s['type']} hidden={s['hidden']} layers={s['layers']} heads={s['heads']} "
             f"intermediate={s['intermediate']}")
 
 
@@ -101,8 +105,7 @@ def kernel_choice(what: str, measure, usable) -> str:
     file of their own, with its own lock: precision.choose measures (and builds engines that ask
     here) while it holds the precision cache's."""
     path = cache_path().with_name("kernel-choices.json")
-    key = (f"engine={ENGINE_REVISION} | cpu={cpu_model_name()} | torch={torch.__version__} | "
-           f"threads={torch.get_num_threads()} | kernel {what}")
+    key = f"{host_key()} | kernel {what}"
     with locked(path):
         cached = read_cache(path).get(key, {}).get("choice")
         if cached is not None and usable(cached):
