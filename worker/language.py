@@ -75,10 +75,9 @@ def _probabilities(encoded: list[bytes]) -> np.ndarray:
     data = np.frombuffer(b"".join(encoded) or b"\0", dtype=np.uint8)
     columns = ident.nb_ptc.shape[1]
     scores = np.empty((len(encoded), columns), dtype=np.float32)
-    features = np.empty(len(encoded), dtype=np.int64)
     lib.reviews_langid_scores(data.ctypes.data, offsets.ctypes.data, len(encoded), nextmove.ctypes.data,
                               rowbase.ctypes.data, output.ctypes.data, len(output), ident.nb_ptc.ctypes.data,
-                              ident.nb_pc.ctypes.data, columns, scores.ctypes.data, features.ctypes.data)
+                              ident.nb_pc.ctypes.data, columns, scores.ctypes.data)
     # py3langid's normalization: a temperature of sqrt(bytes) keeps the softmax calibrated across
     # lengths; a text with no features scores all zeros, which stays uniform (and below CONFIDENCE).
     scores *= np.array([1.0 / math.sqrt(len(b) or 1) for b in encoded], dtype=np.float32)[:, None]
@@ -95,6 +94,9 @@ def _scorer():
     """(library, nextmove, rowbase, output) of the C++ scorer over py3langid's model, or None where
     it cannot be built here (then py3langid's own loop serves)."""
     ident = _identifier()
+    if ident.nb_ptc.dtype != np.float16 or not ident.nb_ptc.flags.c_contiguous or ident.tk_nextmove.itemsize != 4:
+        log.warning("py3langid's model is not laid out as the C++ language detector reads it: py3langid serves")
+        return None
     try:
         lib = cbuild.load(SOURCE, FLAGS, "language detector")
         fn = lib.reviews_langid_scores
@@ -103,13 +105,10 @@ def _scorer():
                     "about 300 µs a review", type(exc).__name__, exc)
         return None
     fn.argtypes, fn.restype = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 3 + [
-        ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2, None
+        ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p], None
     nextmove = np.frombuffer(ident.tk_nextmove, dtype=np.uint32)  # the model's own array, not a copy
     rowbase = np.asarray(ident.tk_row, dtype=np.int64) << 8
     output = np.asarray(ident.tk_output, dtype=np.int32)
-    if ident.nb_ptc.dtype != np.float16 or not ident.nb_ptc.flags.c_contiguous or ident.tk_nextmove.itemsize != 4:
-        log.warning("py3langid's model is not laid out as the C++ language detector reads it: py3langid serves")
-        return None
     return lib, nextmove, rowbase, output
 
 
