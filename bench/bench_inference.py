@@ -235,7 +235,8 @@ def end_to_end(dirs: dict[str, str], rows: list[dict], warm_rows: list[dict], ba
                table: Table, engine_out: dict, workers: int = 1, repeat: int = 1,
                worker_args: list[str] | None = None) -> dict:
     """`workers` solo worker processes (on one GPU, say) take the job's messages from one queue;
-    worker_args: more `reviews worker` options (["--pool", "threads", "-c", "2"]).
+    worker_args: `reviews worker` options in place of "--pool solo" (["--pool", "threads", "-c", "2"]);
+    named, since a worker on a GPU would otherwise take 4 batches at once.
     repeat: each job holds the reviews that many times (new ids after the first), and the engine pass
     paired with it runs that many times: a job's fixed costs (the CLI's start, the first message's
     trip) spread over a bigger job, as in a bulk job."""
@@ -262,7 +263,7 @@ def end_to_end(dirs: dict[str, str], rows: list[dict], warm_rows: list[dict], ba
     warm_file.write_text("".join(json.dumps(r) + "\n" for r in warm_rows))
     log = open(tmp / "worker.log", "w")
     procs = [subprocess.Popen(reviews_cmd() + ["worker", "--loglevel", "WARNING", "-n", f"bench{k}@%h",
-                                               *(worker_args or [])], env=env,
+                                               *(worker_args or ["--pool", "solo"])], env=env,
                               stdout=log, stderr=subprocess.STDOUT) for k in range(workers)]
     worker = procs[0]
     result: dict = {}
