@@ -10,12 +10,14 @@ take several passes each and cost more than the int8 product saves, so each is o
 (kernels.cpp, built once per host by native.py). Where it cannot be built (no C++ compiler in
 the image), `available()` is False and "auto" precision does not pick int8.
 
-Two int8 products: torch._int_mm (oneDNN's VNNI gemm, which reorders the weights on every call) and
+Three int8 products: torch._int_mm (oneDNN's VNNI gemm, which reorders the weights on every call);
 oneDNN's quantized Linear (torch.ops.onednn.qlinear_pointwise, the op torch.compile's x86 int8 path
 uses) on weights packed once at load time, which runs AMX's int8 tiles where the CPU has them: on a
-Xeon with AMX it ran 1.5-4x the packed bf16 product and 1.3-2.4x _int_mm at DistilBERT's shapes
-(bench/RESULTS.md). Which is faster elsewhere is not written in the flags, so `product_kernel`
-times both on the model's feed-forward shapes once per process and the faster one serves.
+Xeon with AMX it ran 1.5-4x the packed bf16 product and 1.3-2.4x _int_mm at DistilBERT's shapes;
+and gemm.py's C++ product for AVX2 without VNNI, where both of torch's ran 30-3,000x slower than
+the float product (bench/RESULTS.md). Which is fastest is not written in the flags, so
+`product_kernel` screens out the far slower ones on a small product, times the rest on the model's
+feed-forward shapes, and keeps the pick per host.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from . import native
+from . import gemm, native
 from .cpu import DTYPES, cpu_float_precision, fastest
 from .precision_cache import feed_forward_sizes, kernel_choice
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("int_mm", "onednn")
+KERNELS = ("int_mm", "onednn", "cpp")
 # Without AMX, this torch's oneDNN ran the s8 x s8 product in its reference kernel, about 3,000x
-# slower than torch._int_mm (an AVX-512 EPYC), where a real kernel is within 1-3x either way.
+# slower than torch._int_mm (an AVX-512 EPYC); without VNNI, _int_mm ran 30-70x slower than the
+# float product. Kernels that do real work are within 1-3x of each other either way.
 REFERENCE_SLOWDOWN = 10.0
 KERNEL_PROBE_ROWS = 512  # tokens in each timed product of product_kernel: a quarter of a CPU batch
 
@@ -94,50 +97,82 @@ def onednn_available() -> bool:
                 xin = x + 1 if centered else x
                 if not torch.allclose(layer(xin.to(dtype)).float(), linear(xin), atol=0.5):
                     raise RuntimeError("oneDNN's int8 product gave wrong results")
-            slowdown = _onednn_slowdown(dtype)
-        if slowdown > REFERENCE_SLOWDOWN:  # oneDNN's reference kernel (ref_int8): no candidate
-            raise RuntimeError(f"oneDNN's int8 product ran {slowdown:.0f}x slower than torch._int_mm")
-    except Exception as exc:  # an old build, a CPU oneDNN has no int8 kernel for: _int_mm serves
-        log.info("oneDNN's int8 Linear unavailable (%s: %s); int8 uses torch._int_mm", type(exc).__name__, exc)
+    except Exception as exc:  # an old build, a CPU oneDNN has no int8 kernel for: another serves
+        log.info("oneDNN's int8 Linear unavailable (%s: %s)", type(exc).__name__, exc)
         return False
     return True
 
 
-def _onednn_slowdown(dtype: torch.dtype) -> float:
-    """oneDNN's Int8Linear time over _int_mm's, one call each after a warm-up, on a product small
-    enough that a reference kernel costs tens of milliseconds, not the seconds of a real shape."""
-    layers = {k: Int8Linear(nn.Linear(256, 256), kernel=k) for k in KERNELS}
-    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(2)).to(dtype)
-    _, seconds = fastest({k: lambda k=k: layers[k](x) for k in KERNELS}, rounds=1)
-    return seconds["onednn"] / seconds["int_mm"]
+@lru_cache(maxsize=1)
+def cpp_available() -> bool:
+    """True when gemm.py's C++ product builds here and computes the products right."""
+    if not (available() and gemm.available()):
+        return False
+    linear, x = _small_case(torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        right = torch.equal(Int8Linear(linear, kernel="cpp").product(native.quantize(x)[0], torch.float32),
+                            Int8Linear(linear, kernel="int_mm").product(native.quantize(x)[0], torch.float32))
+    if not right:
+        log.warning("the C++ int8 product gave wrong results here; not offered")
+    return right
+
+
+def _built(kernel: str) -> bool:
+    return {"int_mm": available, "onednn": onednn_available, "cpp": cpp_available}[kernel]()
+
+
+@lru_cache(maxsize=1)
+def offered_kernels() -> tuple[str, ...]:
+    """The int8 products that work here and run a real kernel: each product alone timed on a
+    128 x 512 -> 512 product (large enough that calls' fixed costs do not hide a slow kernel, small
+    enough that a reference kernel takes a fraction of a second), the faster of two after a
+    warm-up; dropped when over REFERENCE_SLOWDOWN times the fastest, and logged."""
+    built = [k for k in KERNELS if _built(k)]
+    if len(built) < 2:
+        return tuple(built)
+    dtype = DTYPES[cpu_float_precision()]
+    layers = {k: Int8Linear(nn.Linear(512, 512), kernel=k) for k in built}
+    q = native.quantize(torch.randn(128, 512, generator=torch.Generator().manual_seed(2)).to(dtype))[0]
+    with torch.inference_mode():
+        _, seconds = fastest({k: lambda k=k: layers[k].product(q, dtype) for k in built}, rounds=2)
+    best = min(seconds.values())
+    for k in built:
+        if seconds[k] > REFERENCE_SLOWDOWN * best:
+            log.info("int8 product %s not offered: it ran %.0fx slower than the fastest here", k, seconds[k] / best)
+    return tuple(k for k in built if seconds[k] <= REFERENCE_SLOWDOWN * best)
 
 
 @lru_cache(maxsize=8)
 def product_kernel(hidden: int = 768, intermediate: int = 3072) -> str:
-    """The faster int8 product here for a model of these sizes: both kernels' whole Int8Linear
-    (quantize, product, dequantize) on the two feed-forward shapes, interleaved, median of 5.
-    About 0.1-0.2 s for DistilBERT-base, once per host (kept beside the precision choices)."""
-    if not onednn_available():
+    """The fastest int8 product here for a model of these sizes: the offered kernels' whole
+    Int8Linear (quantize, product, dequantize) on the two feed-forward shapes, interleaved, median of
+    5. About 0.2-0.5 s for DistilBERT-base, once per host (kept beside the precision choices)."""
+    if not available():
         return "int_mm"
 
     def measure():
+        offered = offered_kernels()
+        if len(offered) == 1:
+            return offered[0], {}
         gen = torch.Generator().manual_seed(0)
         dtype = DTYPES[cpu_float_precision()]
         shapes = [(hidden, intermediate), (intermediate, hidden)]
-        layers = {k: [Int8Linear(nn.Linear(i, o), kernel=k) for i, o in shapes] for k in KERNELS}
+        layers = {k: [Int8Linear(nn.Linear(i, o), kernel=k) for i, o in shapes] for k in offered}
         inputs = [torch.randn(KERNEL_PROBE_ROWS, i, generator=gen).to(dtype) for i, _ in shapes]
         with torch.inference_mode():
-            pick, median = fastest({k: lambda k=k: [layer(x) for layer, x in zip(layers[k], inputs)] for k in KERNELS})
+            pick, median = fastest({k: lambda k=k: [layer(x) for layer, x in zip(layers[k], inputs)] for k in offered})
         log.info("int8 product for hidden %d / %d: %s (%s)", hidden, intermediate, pick,
                  ", ".join(f"{k} {1000 * t:.2f} ms" for k, t in median.items()))
         return pick, median
 
-    return kernel_choice(f"int8 product hidden={hidden} intermediate={intermediate}", measure, KERNELS.__contains__)
+    return kernel_choice(f"int8 product hidden={hidden} intermediate={intermediate}", measure,
+                         lambda k: k in KERNELS and _built(k))
 
 
 class Int8Linear(nn.Module):
     """A drop-in replacement for an nn.Linear at inference: same input and output shapes and dtype.
-    `kernel`: "int_mm" (torch._int_mm) or "onednn" (oneDNN's quantized Linear on packed weights)."""
+    `kernel`: "int_mm" (torch._int_mm), "onednn" (oneDNN's quantized Linear on packed weights) or
+    "cpp" (gemm.py's product on packed weights)."""
 
     def __init__(self, linear: nn.Linear, centered: bool = False, kernel: str = "int_mm"):
         super().__init__()
@@ -150,6 +185,8 @@ class Int8Linear(nn.Module):
         if kernel == "onednn":  # packed once into oneDNN's layout; per-channel scales applied by oneDNN
             self.register_buffer("weight", torch.ops.onednn.qlinear_prepack(w_int.to(torch.int8), None))
             self.register_buffer("zero_points", torch.zeros(w.shape[0], dtype=torch.long))
+        elif kernel == "cpp":
+            self.packed = gemm.PackedInt8(w_int.to(torch.int8))
         else:  # (in, out), contiguous: the layout _int_mm reads fastest as its second operand.
             self.register_buffer("weight_t", w_int.to(torch.int8).t().contiguous())
         self.register_buffer("weight_sum", (w_int * col_scale[:, None]).sum(1))  # of the weights as quantized
@@ -169,12 +206,14 @@ class Int8Linear(nn.Module):
     def product(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The product of rows quantized per token, as it comes from the kernel: int32 sums
         (torch._int_mm), or values in `dtype` with the column scales applied (oneDNN); neither has
-        the row scales or the bias yet (product_col_scale tells which)."""
+        the row scales or the bias yet (product_col_scale tells which); "cpp" as _int_mm."""
         if self.kernel == "onednn":
             # In the activations' dtype, scaled per row in place after: a float32 product would be
             # one more buffer to allocate and pass over (bf16 rounds twice: within its own noise).
             return torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, self.weight, self.col_scale, self.zero_points, None,
                                                       1.0, 0, dtype, "none", [], "")
+        if self.kernel == "cpp":
+            return self.packed.product(q)
         return torch._int_mm(q, self.weight_t)
 
     @property

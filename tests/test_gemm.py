@@ -1,0 +1,80 @@
+"""The C++ int8 product (worker/nlp/gemm.cpp, built and called by worker/nlp/gemm.py) against exact
+int32 sums in torch, on shapes that cross every block edge, and its use as an int8 product kernel."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.nlp import gemm, int8
+
+pytestmark = [pytest.mark.cpu_feature,
+              pytest.mark.skipif(not gemm.available(), reason="no C++ int8 product here (it needs AVX2 and a C++ compiler)")]
+
+
+def exact(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return a.int() @ w.int().t()
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(0, 20), k=st.integers(1, 70), n=st.integers(1, 40), seed=st.integers(0, 2**31 - 1),
+       extreme=st.booleans())
+def test_products_are_exact_for_any_shape_and_any_int8_values(m, k, n, seed, extreme):
+    gen = torch.Generator().manual_seed(seed)
+    if extreme:  # the values that saturate AVX2's 8-bit dot product; int16 pairs must not
+        a = torch.full((m, k), -128, dtype=torch.int8)
+        w = torch.where(torch.rand(n, k, generator=gen) < 0.5, -128, 127).to(torch.int8)
+    else:
+        a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+        w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    assert torch.equal(gemm.PackedInt8(w).product(a), exact(a, w))
+
+
+@pytest.mark.parametrize("m, k, n", [(97, 1100, 300), (200, 3072, 40), (13, 513, 257)])
+def test_products_are_exact_across_the_blocks(m, k, n):
+    """Rows past one block of rows (96), k past its blocks (512 values) with an odd end, columns past
+    one block (256) and not a whole panel (16): every edge of the loops."""
+    gen = torch.Generator().manual_seed(m)
+    a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    packed = gemm.PackedInt8(w)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            assert torch.equal(packed.product(a), exact(a, w))
+            assert torch.equal(packed.product(a[1::2]), exact(a[1::2], w))  # a strided view: copied first
+        finally:
+            torch.set_num_threads(2)
+
+
+def test_wrong_inputs_get_a_clear_error():
+    packed = gemm.PackedInt8(torch.zeros(8, 12, dtype=torch.int8))
+    with pytest.raises(ValueError, match=r"needs \(rows, 12\) int8 on CPU, got \(3, 11\)"):
+        packed.product(torch.zeros(3, 11, dtype=torch.int8))
+    with pytest.raises(ValueError, match="int8 on CPU, got .* torch.float32"):
+        packed.product(torch.zeros(3, 12))
+    with pytest.raises(ValueError, match="needs a 2-d int8 weight"):
+        gemm.PackedInt8(torch.zeros(8, 12))
+
+
+def test_it_serves_int8_layers_with_the_same_sums_as_torch(caplog):
+    """As an Int8Linear kernel: the same int32 sums as torch._int_mm, so the same outputs; offered
+    unless another product here is over 10x faster (AMX's int8 tiles could be), and then it says so."""
+    if not int8.cpp_available():
+        pytest.skip("int8 inference is unavailable here")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 80)
+    x = torch.randn(2, 33, 96)
+    with torch.inference_mode():
+        for centered in (False, True):
+            a = int8.Int8Linear(linear, centered=centered, kernel="int_mm")(x + centered)
+            b = int8.Int8Linear(linear, centered=centered, kernel="cpp")(x + centered)
+            assert torch.equal(a, b)
+    int8.offered_kernels.cache_clear()
+    with caplog.at_level(logging.INFO, logger="worker.nlp.int8"):
+        offered = int8.offered_kernels()
+    assert "cpp" in offered or "int8 product cpp not offered: it ran" in caplog.text
