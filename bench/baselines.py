@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     CACHE, chunks, entity_agreement, label_agreement, machine, model_dirs, now, real_reviews,
 )
+from worker.nlp.cpu import cpu_has_fast_bf16  # noqa: E402
 
 INSTALL = "pip install onnxruntime openvino onnx onnxscript"
 SETTLE_S = 0.2  # before each timed call (see runtime_table)
@@ -294,6 +295,10 @@ def runtime_table(dirs: dict[str, str], task: str, texts: list[str], warm: list[
 
     def engine_row(precision: str):
         def build():
+            if precision == "bf16" and not cpu_has_fast_bf16():
+                # Emulated bf16 ran at 0.17x fp32 on an AVX2-only EPYC: minutes of a run for a row
+                # that auto never picks there.
+                raise Skipped("the CPU has no fast bf16 (AVX-512 BF16 or AMX); auto does not offer it")
             if precision != "auto":
                 return engine_predict(loader(path, device="cpu", precision=precision)), ""
             from worker.nlp import precision as auto

@@ -9,9 +9,11 @@ the engine achieves for the text it was given.
 
 The peak: the fastest of the model's linear shapes at 2048 rows, timed alone, per precision: bf16
 through torch's Linear or through oneDNN with the weight packed once (packed.py, what the engine
-runs), whichever is faster; int8 through torch._int_mm or oneDNN's quantized Linear on packed
-weights (int8.py's two kernels), whichever is faster, the raw product alone (no quantizing, no
-scaling). Nothing the engine does can run its products faster than that on this host with torch.
+runs), whichever is faster; int8 through each product int8.py offers here (torch._int_mm, oneDNN's
+quantized Linear on packed weights, gemm.cpp's product on AVX2), whichever is fastest, the raw
+product alone (no quantizing, no scaling). Nothing the engine does can run its products faster than
+that on this host with these kernels. A kernel int8.py does not offer (one running 10x or more
+slower than the fastest) is not timed: at 2048 rows it could take minutes.
 """
 
 from __future__ import annotations
@@ -69,15 +71,9 @@ def matmul_peak(config, rows: int = 2048) -> dict[str, float]:
             if packed.available():
                 layer = packed.PackedLinear(torch.nn.Linear(d_in, d_out, bias=False).bfloat16())
                 out["bf16"] = max(out["bf16"], flops / _seconds(lambda: layer(xb)))
-            try:
+            if int8.available():
                 xi = torch.randint(-127, 127, (rows, d_in), dtype=torch.int8)
-                wi = torch.randint(-127, 127, (d_in, d_out), dtype=torch.int8)
-                out["int8"] = max(out.get("int8", 0.0), flops / _seconds(lambda: torch._int_mm(xi, wi)))
-            except RuntimeError:  # no int8 product on this build or device
-                pass
-            if int8.onednn_available():
-                qw = torch.ops.onednn.qlinear_prepack(wi.t().contiguous(), None)
-                scales, zeros = torch.ones(d_out), torch.zeros(d_out, dtype=torch.long)
-                out["int8"] = max(out.get("int8", 0.0), flops / _seconds(lambda: torch.ops.onednn.qlinear_pointwise(
-                    xi, 1.0, 0, qw, scales, zeros, None, 1.0, 0, torch.bfloat16, "none", [], "")))
+                for kernel in int8.offered_kernels():
+                    layer = int8.Int8Linear(torch.nn.Linear(d_in, d_out), kernel=kernel)
+                    out["int8"] = max(out.get("int8", 0.0), flops / _seconds(lambda: layer.product(xi, torch.bfloat16)))
     return out

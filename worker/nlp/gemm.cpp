@@ -24,7 +24,7 @@
 namespace {
 
 constexpr int NR = 16, MR = 6;
-constexpr int64_t KC = 512, NC = 256, MC = 96;
+constexpr int64_t KC = 1024, NC = 128, MC = 48;
 
 #ifdef __AVX2__
 #define ROW(r)                                                     \
