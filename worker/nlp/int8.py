@@ -1,5 +1,5 @@
 """int8 matrix products for CPU inference: int8 weights per output channel, activations quantized
-per token at run time, int32 accumulation in VNNI kernels (torch._int_mm).
+per token at run time, exact int32 sums (torch._int_mm, oneDNN's or gemm.cpp's kernels).
 
 Why per token: torch.ao's dynamic quantization uses one scale for a whole batch, so one token with
 large activations coarsens every other token's; on the bundled sentiment model it agreed with fp32

@@ -23,8 +23,9 @@ CACHE_VERSION = 1
 # Part of every key: raised when the engine's speed at some precision changes enough to change a
 # choice (2: int8 through oneDNN's AMX kernel and fused passes, 1.3x faster on a Xeon with AMX,
 # where bf16 had been measured faster; 3: native attention, 1.2x bf16 and int8 on an AVX-512
-# EPYC; 4: attention on AMX's tiles), so that hosts measure again instead of keeping it.
-ENGINE_REVISION = 4
+# EPYC; 4: attention on AMX's tiles; 5: gemm.cpp's int8 product, which makes int8 a candidate on
+# AVX2-only CPUs, where fp32 had been cached), so that hosts measure again instead of keeping it.
+ENGINE_REVISION = 5
 
 
 def cache_path() -> Path:
