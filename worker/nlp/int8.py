@@ -110,8 +110,9 @@ def cpp_available() -> bool:
         return False
     linear, x = _small_case(torch.Generator().manual_seed(3))
     with torch.inference_mode():
-        right = torch.equal(Int8Linear(linear, kernel="cpp").product(native.quantize(x)[0], torch.float32),
-                            Int8Linear(linear, kernel="int_mm").product(native.quantize(x)[0], torch.float32))
+        q = native.quantize(x)[0]
+        right = torch.equal(Int8Linear(linear, kernel="cpp").product(q, torch.float32),
+                            Int8Linear(linear, kernel="int_mm").product(q, torch.float32))
     if not right:
         log.warning("the C++ int8 product gave wrong results here; not offered")
     return right
