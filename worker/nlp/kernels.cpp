@@ -366,7 +366,7 @@ void product_gelu_quantize_rows(const P* prod, int64_t rows, int64_t n, const fl
 // on AVX-512 BF16's pair dot products, for batches padded on the right: keys past a row's length
 // are not read, and neither are queries (their outputs are zeros: nothing downstream reads them).
 // Per (row, head): k and v repacked into pairs along the dot products' axis, then blocks of
-// kQueries queries: scores in fp32, softmax in fp32 with exp_nonpositive16, the unnormalized
+// kQueries queries: scores in fp32, softmax in fp32 with exp2_nonpositive16, the unnormalized
 // probabilities rounded to bf16 for the product with v (as torch's flash attention does), the
 // output divided by the sum at the end.
 constexpr int kQueries = 4;
@@ -432,16 +432,52 @@ void value_block(const uint32_t* pp, int64_t pstride, const uint32_t* vp, int64_
   }
 }
 
-// k's pairs, key-major within a pair index: kp[p * kpad + j] = (k[j][2p], k[j][2p + 1]), zeros for
-// the keys from `keys` to kpad. Read key by key: k's rows lie `dim` apart (all heads side by side),
-// and reading one pair of every key per pass (as first written) cost more than the products.
-inline void repack_keys(const bf16_bits* k, int64_t keys, int64_t dim, int64_t half, int64_t kpad, uint32_t* kp) {
-  for (int64_t j = 0; j < keys; ++j) {
-    const bf16_bits* kj = k + j * dim;
-    for (int64_t p = 0; p < half; ++p) kp[p * kpad + j] = pair_at(kj + 2 * p);
+// A 16 x 16 block of 32-bit values transposed in registers (r[i] row i in, column i out): unpacks
+// within 128-bit lanes, then lane shuffles.
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
   }
-  for (int64_t p = 0; p < half; ++p)
-    for (int64_t j = keys; j < kpad; ++j) kp[p * kpad + j] = 0;
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+// k's pairs, key-major within a pair index: kp[p * kpad + j] = (k[j][2p], k[j][2p + 1]), zeros for
+// the keys from `keys` to kpad (a multiple of 16). k's rows lie `dim` apart (all heads side by
+// side): blocks of 16 keys x 16 pairs are read row by row and transposed in registers (one pair
+// at a time, as first written, took an eighth of the tile attention's time). `tiled` (half a
+// multiple of 16): each block stored whole, 1 KiB in a row, as the AMX kernel's b tiles read it:
+// block (j / 16, p / 16) at ((j / 16) * (half / 16) + p / 16) * 256 (a strided tile load of the flat
+// layout stalled on every row).
+inline void repack_keys(const bf16_bits* k, int64_t keys, int64_t dim, int64_t half, int64_t kpad, uint32_t* kp,
+                        bool tiled = false) {
+  for (int64_t j0 = 0; j0 < kpad; j0 += 16)
+    for (int64_t p0 = 0; p0 < half; p0 += 16) {
+      const int cols = int(half - p0 < 16 ? half - p0 : 16);
+      const __mmask16 m = __mmask16((1u << cols) - 1u);
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = j0 + i < keys ? _mm512_maskz_loadu_epi32(m, k + (j0 + i) * dim + 2 * p0) : _mm512_setzero_si512();
+      transpose16(r);
+      uint32_t* block = tiled ? kp + ((j0 / 16) * (half / 16) + p0 / 16) * 256 : kp + p0 * kpad + j0;
+      const int64_t step = tiled ? 16 : kpad;
+      for (int c = 0; c < cols; ++c) _mm512_storeu_si512(block + c * step, r[c]);
+    }
 }
 
 // v's pairs along keys: vp[m * hd + d] = (v[2m][d], v[2m + 1][d]) for the first `pairs` pairs, zeros
@@ -456,26 +492,39 @@ inline void repack_values(const bf16_bits* v, int64_t keys, int64_t dim, int64_t
   }
 }
 
+// 2^y for y <= 0, for probabilities that are rounded to bf16 (8 bits): n = floor(y), then 2^(y - n)
+// by a degree-4 polynomial (relative error under 3e-6, a least-squares fit in relative terms), scaled
+// by 2^n in one instruction. Half the work of exp_nonpositive16's reduction and degree-6
+// polynomial, which the softmax spent most of its time in (perf, a Xeon with AMX).
+inline __m512 exp2_nonpositive16(__m512 y) {
+  const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(y, n);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.01342605f), f, _mm512_set1_ps(0.05224351f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.2412797f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6930449f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
 // softmax numerators of one row of scores (keys of them live), rounded to bf16 into pr[0, plen),
-// zeros past the keys (plen >= keys; sr readable to plen rounded up to 16); returns the sum of the
-// rounded values, which the output is divided by at the end.
+// zeros past the keys (plen >= keys); returns the sum of the rounded values (summed as bf16 pair dot
+// products with ones), which the output is divided by at the end. 32 keys a step: two exp2s, one
+// conversion of both to bf16, one store.
 inline float softmax_row(const float* sr, int64_t keys, int64_t plen, float scale, bf16_bits* pr) {
   __m512 top = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < keys; j += 16) top = _mm512_mask_max_ps(top, live_keys(j, keys), top, _mm512_loadu_ps(sr + j));
-  const __m512 sc = _mm512_set1_ps(scale), shift = _mm512_set1_ps(_mm512_reduce_max_ps(top) * scale);
+  constexpr float kLog2e = 1.44269504088896341f;
+  const __m512 sc = _mm512_set1_ps(scale * kLog2e), shift = _mm512_set1_ps(_mm512_reduce_max_ps(top) * scale * kLog2e);
+  const __m512bh ones = (__m512bh)_mm512_set1_epi16(0x3f80);  // bf16 1.0
   __m512 total = _mm512_setzero_ps();
-  for (int64_t j = 0; j < plen; j += 16) {
-    const __m512 e = _mm512_maskz_mov_ps(live_keys(j, keys),
-                                         exp_nonpositive16(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), sc, shift)));
-    const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(e);
-    total = _mm512_add_ps(total, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)));
-    if (j + 16 <= plen) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), rounded);
-    } else {  // the row's last values
-      alignas(32) bf16_bits tail[16];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(tail), rounded);
-      std::memcpy(pr + j, tail, (plen - j) * sizeof(bf16_bits));
-    }
+  for (int64_t j = 0; j < plen; j += 32) {
+    const __mmask16 lo = live_keys(j, keys), hi = live_keys(j + 16, keys);
+    const __m512 e0 = _mm512_maskz_mov_ps(lo, exp2_nonpositive16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(lo, sr + j), sc, shift)));
+    const __m512 e1 = _mm512_maskz_mov_ps(hi, exp2_nonpositive16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(hi, sr + j + 16), sc, shift)));
+    const __m512bh rounded = _mm512_cvtne2ps_pbh(e1, e0);
+    total = _mm512_dpbf16_ps(total, rounded, ones);
+    const __mmask32 room = j + 32 <= plen ? ~__mmask32(0) : __mmask32((1u << (plen - j)) - 1u);
+    _mm512_mask_storeu_epi16(pr + j, room, (__m512i)rounded);
   }
   return _mm512_reduce_add_ps(total);
 }
@@ -576,7 +625,7 @@ bool amx_permitted() {
 }
 
 struct TileBuffers {
-  uint32_t* kp;  // [head_dim / 2][keys rounded up to 32]: k's pairs (zeros past the keys)
+  uint32_t* kp;  // k's pairs in 16 x 16 blocks (repack_keys, tiled), zeros past the keys
   uint32_t* vp;  // [keys rounded up to 32, / 2][head_dim]: v's pairs along keys (zeros past them)
   float* scores;  // [32][keys rounded up to 32]
   bf16_bits* pp;  // [32][keys rounded up to 32]: probabilities, zeros past the keys
@@ -590,7 +639,7 @@ struct TileBuffers {
 void attention_head_tiles(const bf16_bits* q, int64_t nq, const bf16_bits* k, const bf16_bits* v, int64_t dim,
                           int64_t keys, int64_t hd, float scale, bf16_bits* out, const TileBuffers& b) {
   const int64_t pad = (keys + 31) / 32 * 32, half = hd / 2;
-  repack_keys(k, keys, dim, half, pad, b.kp);
+  repack_keys(k, keys, dim, half, pad, b.kp, true);
   repack_values(v, keys, dim, hd, pad / 2, b.vp);
   for (int64_t i0 = 0; i0 < nq; i0 += 32) {
     const int nb = int(nq - i0 < 32 ? nq - i0 : 32);
@@ -607,8 +656,8 @@ void attention_head_tiles(const bf16_bits* q, int64_t nq, const bf16_bits* k, co
       _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
       for (int64_t p0 = 0; p0 < half; p0 += 16) {
         _tile_loadd(4, qa + 2 * p0, qrow * 2);
-        _tile_loadd(6, b.kp + p0 * pad + c, pad * 4);
-        _tile_loadd(7, b.kp + p0 * pad + c + 16, pad * 4);
+        _tile_loadd(6, b.kp + ((c / 16) * (half / 16) + p0 / 16) * 256, 64);
+        _tile_loadd(7, b.kp + ((c / 16 + 1) * (half / 16) + p0 / 16) * 256, 64);
         _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7);
         if (two) {
           _tile_loadd(5, qa + 16 * qrow + 2 * p0, qrow * 2);
