@@ -1,5 +1,6 @@
 """The C++ int8 product (worker/nlp/gemm.cpp, built and called by worker/nlp/gemm.py) against exact
-int32 sums in torch, on shapes that cross every block edge, and its use as an int8 product kernel."""
+int32 sums in torch, on shapes that cross every block edge (AVX2's and AMX's), its scaled outputs on
+AMX's tiles, and its use as an int8 product kernel."""
 
 from __future__ import annotations
 
@@ -73,8 +74,54 @@ def test_it_serves_int8_layers_with_the_same_sums_as_torch(caplog):
         for centered in (False, True):
             a = int8.Int8Linear(linear, centered=centered, kernel="int_mm")(x + centered)
             b = int8.Int8Linear(linear, centered=centered, kernel="cpp")(x + centered)
-            assert torch.equal(a, b)
+            if gemm.on_tiles():  # the same sums, scaled in the product: float rounding apart
+                assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+            else:
+                assert torch.equal(a, b)
     int8.offered_kernels.cache_clear()
     with caplog.at_level(logging.INFO, logger="worker.nlp.int8"):
         offered = int8.offered_kernels()
     assert "cpp" in offered or "int8 product cpp not offered: it ran" in caplog.text
+
+
+on_tiles = pytest.mark.skipif(not gemm.on_tiles(), reason="the product does not run on AMX's int8 tiles here")
+
+
+@on_tiles
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(0, 70), k=st.integers(1, 200), n=st.integers(1, 300), seed=st.integers(0, 2**31 - 1),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), rows=st.booleans(), bias=st.booleans(),
+       centered=st.booleans())
+def test_scaled_products_are_the_sums_scaled_for_any_shape(m, k, n, seed, dtype, rows, bias, centered):
+    """Rows across blocks of 32 (and a last partial one), k not a multiple of 64, columns across a
+    block of 256 and partial panels; each optional part of the scaling on or off."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    col_scale = torch.rand(n, generator=gen) / 1000
+    row_scale = torch.rand(m, 1, generator=gen) if rows else None
+    b = torch.randn(n, generator=gen) if bias else None
+    mid, weight_sum = (torch.randn(m, 1, generator=gen), torch.randn(n, generator=gen)) if centered else (None, None)
+    want = exact(a, w).double() * col_scale.double()
+    if rows:
+        want = want * row_scale.double()
+    if centered:
+        want = want + mid.double() * weight_sum.double()
+    if bias:
+        want = want + b.double()
+    got = gemm.PackedInt8(w).scaled(a, dtype, col_scale, row_scale, b, mid, weight_sum)
+    assert got.dtype == dtype and got.shape == (m, n)
+    rtol = 1e-5 if dtype == torch.float32 else 1 / 128  # bf16: 8 bits
+    assert torch.allclose(got.double(), want, rtol=rtol, atol=rtol * max([1.0] + want.abs().flatten().tolist()))
+
+
+@on_tiles
+def test_scaled_products_refuse_what_they_cannot_scale():
+    packed = gemm.PackedInt8(torch.zeros(8, 12, dtype=torch.int8))
+    q, scale = torch.zeros(3, 12, dtype=torch.int8), torch.ones(8)
+    with pytest.raises(ValueError, match="float32 or bfloat16 out, not torch.float16"):
+        packed.scaled(q, torch.float16, scale)
+    with pytest.raises(ValueError, match="row_scale must be 3 contiguous float32 values"):
+        packed.scaled(q, torch.float32, scale, row_scale=torch.ones(4))
+    with pytest.raises(ValueError, match="mid and weight_sum go together"):
+        packed.scaled(q, torch.float32, scale, mid=torch.ones(3))

@@ -1,5 +1,6 @@
-// The int8 matrix product for CPUs whose torch has no fast one: C (int32) = A (int8, rows x k) times
-// W^T, W (int8, n x k) the weight of a Linear, packed once at load time. Built by gemm.py.
+// The int8 matrix product for CPUs whose torch has no fast one, and on AMX's tiles: C (int32) = A
+// (int8, rows x k) times W^T, W (int8, n x k) the weight of a Linear, packed once at load time; on
+// AMX also C scaled into the layer's float output as each block is done. Built by gemm.py.
 //
 // Why: without VNNI (AVX2-only CPUs), torch._int_mm ran 30-70x slower than the float product and
 // oneDNN ran its reference kernel, so int8 was out of reach there (bench/RESULTS.md). AVX2's fast
@@ -14,11 +15,18 @@
 // sums in 12 registers. Blocks: KC values of k (A's rows in L1, W's block of KC x NC in L2), NC
 // columns, MC rows; OpenMP shares the (MC, NC) blocks among torch's threads.
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #ifdef __AVX2__
 #include <immintrin.h>
+#endif
+#if defined(__AMX_INT8__) && defined(__AVX512BF16__)
+#define REVIEWS_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace {
@@ -72,11 +80,186 @@ void widen(const int8_t* src, int64_t n, int16_t* dst) {
 }
 #endif  // __AVX2__
 
+
+#ifdef REVIEWS_AMX
+// AMX's int8 tiles (Xeons since Sapphire Rapids), where oneDNN's product ran at 2.9 TFLOP/s inside
+// the forward against 4.5-5 alone (bench/RESULTS.md). One tile dot product (tdpbssd) adds 16 rows x
+// 64 k of A times 64 k x 16 columns of B into 16 x 16 int32 sums: exact, as vpmaddwd's. B's tile
+// is k in groups of four per column ("VNNI" layout), so W is packed once into 1 KiB tiles: panel
+// of 16 columns j, group of 64 k g at (j * groups + g) * 1024 bytes, byte [r][4c + e] =
+// W[16j + c][64g + 4r + e]. Blocks of 32 rows x 32 columns in four c tiles; each thread takes a
+// contiguous share of the rows (those the step before wrote), column blocks of TN outside, so a
+// block of W stays in L2 while the thread's rows pass under it.
+constexpr int64_t TK = 64, TN = 256;
+
+struct TileConfig {  // LDTILECFG's 64 bytes, palette 1
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+bool amx_ready() {  // Linux grants the tile state when asked; once per process, then per thread config
+  static const bool ok = [] {
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+  }();
+  return ok;
+}
+
+void configure_tiles() {
+  alignas(64) TileConfig cfg{};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// What the sums become as each block is done, while it is in L1: int32 as they are (`out` int32),
+// or acc * row_scale * col_scale (+ mid * weight_sum) + bias in float32 or bf16 (row_scale, bias and
+// mid optional): the layer's output, or oneDNN's convention (column scales only), with no pass
+// over the product after it (a separate one took 4-6% of an int8 forward).
+struct Scaling {
+  void* out;
+  int kind = 0;  // 0 int32, 1 float32, 2 bf16
+  const float *row_scale = nullptr, *col_scale = nullptr, *bias = nullptr, *mid = nullptr, *weight_sum = nullptr;
+};
+
+// acc: a block of 32 x 32 sums (32 apart), `live` rows from m0 and `cols` columns from col.
+void scale_block(const int32_t* acc, int live, int64_t m0, int64_t col, int cols, int64_t n, const Scaling& s) {
+  for (int r = 0; r < live; ++r) {
+    const int64_t row = m0 + r;
+    const __m512 rs = _mm512_set1_ps(s.row_scale != nullptr ? s.row_scale[row] : 1.0f);
+    for (int h = 0; h < cols; h += 16) {
+      const __mmask16 keep = cols - h >= 16 ? __mmask16(0xffff) : __mmask16((1u << (cols - h)) - 1u);
+      const int64_t c = col + h;
+      __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(acc + r * 32 + h)), rs),
+                               _mm512_maskz_loadu_ps(keep, s.col_scale + c));
+      if (s.mid != nullptr)
+        v = _mm512_fmadd_ps(_mm512_set1_ps(s.mid[row]), _mm512_maskz_loadu_ps(keep, s.weight_sum + c), v);
+      if (s.bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(keep, s.bias + c));
+      if (s.kind == 1)
+        _mm512_mask_storeu_ps(static_cast<float*>(s.out) + row * n + c, keep, v);
+      else
+        _mm256_mask_storeu_epi16(static_cast<uint16_t*>(s.out) + row * n + c, keep, (__m256i)_mm512_cvtneps_pbh(v));
+    }
+  }
+}
+
+int64_t amx_packed_size(int64_t n, int64_t k) { return (n + 15) / 16 * ((k + TK - 1) / TK) * 1024; }
+
+void amx_pack(const int8_t* w, int64_t n, int64_t k, int8_t* out) {
+  const int64_t groups = (k + TK - 1) / TK, panels = (n + 15) / 16;
+  for (int64_t j = 0; j < panels; ++j)
+    for (int64_t g = 0; g < groups; ++g) {
+      int8_t* tile = out + (j * groups + g) * 1024;
+      for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 16; ++c)
+          for (int e = 0; e < 4; ++e) {
+            const int64_t col = 16 * j + c, kk = TK * g + 4 * r + e;
+            tile[r * 64 + 4 * c + e] = (col < n && kk < k) ? w[col * k + kk] : 0;
+          }
+    }
+}
+
+// Rows [r0, r1) of c = a times the packed W's transpose. a's rows are lda bytes apart and readable
+// to a multiple of 64 (the caller copies them where k is not); a block of fewer than 32 rows, or
+// columns past n, goes through zeroed copies.
+void amx_rows(const int8_t* a, int64_t lda, int64_t r0, int64_t r1, int64_t groups, const int8_t* packed, int64_t n,
+              const Scaling& s) {
+  int32_t* c = static_cast<int32_t*>(s.out);
+  alignas(64) int8_t rows_buf[32 * 64];
+  alignas(64) int32_t out_buf[32 * 32];
+  const int64_t panels = (n + 15) / 16;
+  for (int64_t n0 = 0; n0 < panels; n0 += TN / 16) {
+    const int64_t n1 = std::min(panels, n0 + TN / 16);
+    for (int64_t m0 = r0; m0 < r1; m0 += 32) {
+      const int live = int(std::min<int64_t>(32, r1 - m0));
+      for (int64_t j = n0; j < n1; j += 2) {
+        const bool two = j + 1 < n1;
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        const int8_t* b0 = packed + j * groups * 1024;
+        for (int64_t g = 0; g < groups; ++g) {
+          const int8_t* ablock = a + m0 * lda + g * TK;
+          int64_t stride = lda;
+          if (live < 32) {  // the last rows: a zeroed copy of 32
+            std::memset(rows_buf, 0, sizeof rows_buf);
+            for (int r = 0; r < live; ++r) std::memcpy(rows_buf + r * 64, ablock + r * lda, 64);
+            ablock = rows_buf;
+            stride = 64;
+          }
+          _tile_loadd(4, ablock, stride);
+          _tile_loadd(5, ablock + 16 * stride, stride);
+          _tile_loadd(6, b0 + g * 1024, 64);
+          _tile_dpbssd(0, 4, 6);
+          _tile_dpbssd(2, 5, 6);
+          if (two) {
+            _tile_loadd(7, b0 + (groups + g) * 1024, 64);
+            _tile_dpbssd(1, 4, 7);
+            _tile_dpbssd(3, 5, 7);
+          }
+        }
+        const int64_t col = 16 * j, cols = std::min<int64_t>(two ? 32 : 16, n - col);
+        if (s.kind == 0 && live == 32 && cols == 32) {
+          _tile_stored(0, c + m0 * n + col, n * 4);
+          _tile_stored(1, c + m0 * n + col + 16, n * 4);
+          _tile_stored(2, c + (m0 + 16) * n + col, n * 4);
+          _tile_stored(3, c + (m0 + 16) * n + col + 16, n * 4);
+        } else {
+          _tile_stored(0, out_buf, 128);
+          _tile_stored(1, out_buf + 16, 128);
+          _tile_stored(2, out_buf + 16 * 32, 128);
+          _tile_stored(3, out_buf + 16 * 32 + 16, 128);
+          if (s.kind == 0) {
+            for (int r = 0; r < live; ++r) std::memcpy(c + (m0 + r) * n + col, out_buf + r * 32, cols * 4);
+          } else {
+            scale_block(out_buf, live, m0, col, int(cols), n, s);
+          }
+        }
+      }
+    }
+  }
+}
+
+void amx_product(const int8_t* a, int64_t m, int64_t k, const int8_t* packed, int64_t n, const Scaling& s,
+                 int threads) {
+  const int64_t groups = (k + TK - 1) / TK, kpad = groups * TK;
+  int8_t* padded = nullptr;  // k not a multiple of 64: rows copied, zeros after
+  if (kpad != k) {
+    padded = new int8_t[m * kpad]();
+    for (int64_t r = 0; r < m; ++r) std::memcpy(padded + r * kpad, a + r * k, k);
+  }
+  const int8_t* rows = padded != nullptr ? padded : a;
+  const int64_t blocks = (m + 31) / 32;
+#pragma omp parallel num_threads(threads)
+  {
+    configure_tiles();
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+    if (b0 < b1) amx_rows(rows, kpad, 32 * b0, std::min(m, 32 * b1), groups, packed, n, s);
+    _tile_release();
+  }
+  delete[] padded;
+}
+#endif  // AMX
+
+bool use_amx() {
+#ifdef REVIEWS_AMX
+  return amx_ready();
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 extern "C" {
 
+// Which product serves here: 2 AMX's tiles, 1 AVX2, 0 none. The packed layout follows it, so a
+// process packs and multiplies with the same one.
 int reviews_gemm_supported() {
+  if (use_amx()) return 2;
 #ifdef __AVX2__
   return 1;
 #else
@@ -84,11 +267,20 @@ int reviews_gemm_supported() {
 #endif
 }
 
-// int16 values in W's packed form: whole panels of NR columns, k rounded up to pairs.
-int64_t reviews_gemm_packed_size(int64_t n, int64_t k) { return (n + NR - 1) / NR * ((k + 1) / 2) * NR * 2; }
+// Bytes of W's packed form. AVX2: int16 values, whole panels of NR columns, k rounded up to pairs.
+int64_t reviews_gemm_packed_size(int64_t n, int64_t k) {
+#ifdef REVIEWS_AMX
+  if (use_amx()) return amx_packed_size(n, k);
+#endif
+  return (n + NR - 1) / NR * ((k + 1) / 2) * NR * 2 * 2;
+}
 
 // w: (n, k) int8, a Linear's weight (rows are output columns). Padding columns and k are zeros.
-void reviews_gemm_pack(const int8_t* w, int64_t n, int64_t k, int16_t* out) {
+void reviews_gemm_pack(const int8_t* w, int64_t n, int64_t k, void* packed) {
+#ifdef REVIEWS_AMX
+  if (use_amx()) return amx_pack(w, n, k, static_cast<int8_t*>(packed));
+#endif
+  int16_t* out = static_cast<int16_t*>(packed);
   int64_t pairs = (k + 1) / 2, panels = (n + NR - 1) / NR;
   for (int64_t j = 0; j < panels; ++j)
     for (int64_t p = 0; p < pairs; ++p)
@@ -100,9 +292,13 @@ void reviews_gemm_pack(const int8_t* w, int64_t n, int64_t k, int16_t* out) {
 }
 
 // c (m, n) int32 = a (m, k) int8 times the packed weight's transpose.
-void reviews_gemm_s8(const int8_t* a, int64_t m, int64_t k, const int16_t* packed, int64_t n, int32_t* c,
+void reviews_gemm_s8(const int8_t* a, int64_t m, int64_t k, const void* packed_w, int64_t n, int32_t* c,
                      int threads) {
+#ifdef REVIEWS_AMX
+  if (use_amx()) return amx_product(a, m, k, static_cast<const int8_t*>(packed_w), n, Scaling{c}, threads);
+#endif
 #ifdef __AVX2__
+  const int16_t* packed = static_cast<const int16_t*>(packed_w);
   int64_t pairs = (k + 1) / 2, kpad = 2 * pairs;
   int64_t mblocks = (m + MC - 1) / MC, nblocks = (n + NC - 1) / NC;
   if (k == 0) {
@@ -135,6 +331,23 @@ void reviews_gemm_s8(const int8_t* a, int64_t m, int64_t k, const int16_t* packe
 #else
   (void)a, (void)m, (void)k, (void)packed, (void)n, (void)c, (void)threads;
 #endif
+}
+
+// out (m, n) = (a times the packed weight's transpose) scaled as Scaling says (kind 1 float32, 2
+// bf16); AMX only (reviews_gemm_supported() == 2), else nothing is written and -1 returned.
+int reviews_gemm_s8_scaled(const int8_t* a, int64_t m, int64_t k, const void* packed_w, int64_t n, void* out,
+                           int kind, const float* row_scale, const float* col_scale, const float* bias,
+                           const float* mid, const float* weight_sum, int threads) {
+#ifdef REVIEWS_AMX
+  if (use_amx() && (kind == 1 || kind == 2)) {
+    amx_product(a, m, k, static_cast<const int8_t*>(packed_w), n,
+                Scaling{out, kind, row_scale, col_scale, bias, mid, weight_sum}, threads);
+    return 0;
+  }
+#endif
+  (void)a, (void)m, (void)k, (void)packed_w, (void)n, (void)out, (void)kind, (void)row_scale, (void)col_scale;
+  (void)bias, (void)mid, (void)weight_sum, (void)threads;
+  return -1;
 }
 
 }  // extern "C"

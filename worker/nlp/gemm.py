@@ -1,9 +1,13 @@
-"""int8 products in C++ (gemm.cpp) for CPUs whose torch has no fast one: AVX2 without VNNI, where
-torch._int_mm ran 30-70x slower than the float product (bench/RESULTS.md). Exact int32 sums, as
-_int_mm's; int8.py offers it as one more product kernel, and product_kernel measures which serves.
+"""int8 products in C++ (gemm.cpp) for CPUs whose torch has no fast one, and for AMX: on AVX2
+without VNNI, torch._int_mm ran 30-70x slower than the float product; on a Xeon with AMX, oneDNN's
+int8 product ran at 2.9 TFLOP/s inside the forward, and a following pass scaled its output. Here
+AMX's tiles give the same exact int32 sums, and `scaled` applies the row and column scales and the
+bias to each block as it is done, so the layer's output comes out of the product (bench/RESULTS.md).
+int8.py offers it as one more product kernel, and product_kernel measures which serves.
 
 Built once per host like kernels.cpp (cbuild.py, -march=native), in its own small library so that
-a host without AVX2 loses only this kernel."""
+a host without AVX2 loses only this kernel. Which product runs (AMX, else AVX2) is decided once
+per process by the library; the packed layout follows it."""
 
 from __future__ import annotations
 
@@ -32,12 +36,16 @@ def library() -> ctypes.CDLL:
     lib.reviews_gemm_packed_size.argtypes, lib.reviews_gemm_packed_size.restype = (_I64, _I64), _I64
     lib.reviews_gemm_pack.argtypes, lib.reviews_gemm_pack.restype = (_P, _I64, _I64, _P), None
     lib.reviews_gemm_s8.argtypes, lib.reviews_gemm_s8.restype = (_P, _I64, _I64, _P, _I64, _P, ctypes.c_int), None
+    # a, m, k, packed, n, out, kind, row_scale, col_scale, bias, mid, weight_sum (NULL where absent), threads
+    lib.reviews_gemm_s8_scaled.argtypes = (_P, _I64, _I64, _P, _I64, _P, ctypes.c_int) + (_P,) * 5 + (ctypes.c_int,)
+    lib.reviews_gemm_s8_scaled.restype = ctypes.c_int
     return lib
 
 
 @lru_cache(maxsize=1)
 def available() -> bool:
-    """True when the kernel builds here and this CPU has what it needs (AVX2); else say why, once."""
+    """True when the kernel builds here and this CPU has what it needs (AVX2, or AMX's int8 tiles);
+    else say why, once."""
     try:
         if not library().reviews_gemm_supported():
             raise RuntimeError("the CPU has no AVX2")
@@ -47,8 +55,16 @@ def available() -> bool:
     return True
 
 
+def on_tiles() -> bool:
+    """True where the product runs on AMX's int8 tiles, which can also scale its sums (`scaled`)."""
+    return available() and library().reviews_gemm_supported() == 2
+
+
+_SCALED_KINDS = {torch.float32: 1, torch.bfloat16: 2}
+
+
 class PackedInt8:
-    """An int8 weight (out_features, in_features), packed once for `product`."""
+    """An int8 weight (out_features, in_features), packed once for `product` (and `scaled`)."""
 
     def __init__(self, weight: torch.Tensor):
         if weight.dim() != 2 or weight.dtype != torch.int8:
@@ -56,7 +72,7 @@ class PackedInt8:
         self.out_features, self.in_features = weight.shape
         weight = weight.contiguous()
         lib = library()
-        self.data = torch.empty(lib.reviews_gemm_packed_size(*weight.shape), dtype=torch.int16)
+        self.data = torch.empty(lib.reviews_gemm_packed_size(*weight.shape), dtype=torch.uint8)
         lib.reviews_gemm_pack(weight.data_ptr(), self.out_features, self.in_features, self.data.data_ptr())
 
     def product(self, q: torch.Tensor) -> torch.Tensor:
@@ -69,3 +85,33 @@ class PackedInt8:
         library().reviews_gemm_s8(q.data_ptr(), q.shape[0], self.in_features, self.data.data_ptr(),
                                   self.out_features, out.data_ptr(), torch.get_num_threads())
         return out
+
+    def scaled(self, q: torch.Tensor, dtype: torch.dtype, col_scale: torch.Tensor, row_scale: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None, mid: torch.Tensor | None = None,
+               weight_sum: torch.Tensor | None = None) -> torch.Tensor:
+        """(q @ weight.T) * row_scale[:, None] * col_scale (+ mid[:, None] * weight_sum) + bias in `dtype`
+        (float32 or bf16), each block scaled as it is done; row_scale, bias and mid optional (float32).
+        Only where `on_tiles()`."""
+        if not on_tiles():
+            raise RuntimeError("PackedInt8.scaled: needs AMX's int8 tiles")
+        if dtype not in _SCALED_KINDS:
+            raise ValueError(f"PackedInt8.scaled: float32 or bfloat16 out, not {dtype}")
+        if q.dim() != 2 or q.dtype != torch.int8 or q.shape[1] != self.in_features or q.device.type != "cpu":
+            raise ValueError(f"PackedInt8.scaled: needs (rows, {self.in_features}) int8 on CPU, got "
+                             f"{tuple(q.shape)} {q.dtype} on {q.device}")
+        rows = q.shape[0]
+        vectors = {"col_scale": (col_scale, self.out_features), "row_scale": (row_scale, rows),
+                   "bias": (bias, self.out_features), "mid": (mid, rows), "weight_sum": (weight_sum, self.out_features)}
+        for name, (t, size) in vectors.items():
+            if t is not None and (t.dtype != torch.float32 or t.numel() != size or not t.is_contiguous()):
+                raise ValueError(f"PackedInt8.scaled: {name} must be {size} contiguous float32 values")
+        if (mid is None) != (weight_sum is None):
+            raise ValueError("PackedInt8.scaled: mid and weight_sum go together")
+        q = q.contiguous()
+        out = torch.empty((rows, self.out_features), dtype=dtype)
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        library().reviews_gemm_s8_scaled(q.data_ptr(), rows, self.in_features, self.data.data_ptr(), self.out_features,
+                                         out.data_ptr(), _SCALED_KINDS[dtype], ptr(row_scale), col_scale.data_ptr(),
+                                         ptr(bias), ptr(mid), ptr(weight_sum), torch.get_num_threads())
+        return out
+

@@ -14,8 +14,9 @@ Three int8 products: torch._int_mm (oneDNN's VNNI gemm, which reorders the weigh
 oneDNN's quantized Linear (torch.ops.onednn.qlinear_pointwise, the op torch.compile's x86 int8 path
 uses) on weights packed once at load time, which runs AMX's int8 tiles where the CPU has them: on a
 Xeon with AMX it ran 1.5-4x the packed bf16 product and 1.3-2.4x _int_mm at DistilBERT's shapes;
-and gemm.py's C++ product for AVX2 without VNNI, where both of torch's ran 30-3,000x slower than
-the float product (bench/RESULTS.md). Which is fastest is not written in the flags, so
+and gemm.py's C++ product: for AVX2 without VNNI, where both of torch's ran 30-3,000x slower than
+the float product, and on AMX's tiles, where it also scales its sums (1.13-1.21x oneDNN's in whole
+int8 forwards on a Xeon with AMX; bench/RESULTS.md). Which is fastest is not written in the flags, so
 `product_kernel` screens out the far slower ones on a small product, times the rest on the model's
 feed-forward shapes, and keeps the pick per host.
 """
@@ -110,9 +111,10 @@ def cpp_available() -> bool:
         return False
     linear, x = _small_case(torch.Generator().manual_seed(3))
     with torch.inference_mode():
-        q = native.quantize(x)[0]
-        right = torch.equal(Int8Linear(linear, kernel="cpp").product(q, torch.float32),
-                            Int8Linear(linear, kernel="int_mm").product(q, torch.float32))
+        q, scale = native.quantize(x)
+        mine, ref = Int8Linear(linear, kernel="cpp"), Int8Linear(linear, kernel="int_mm")
+        right = torch.equal(mine.packed.product(q), ref.product(q, torch.float32)) and torch.allclose(
+            mine.from_quantized(q, scale, torch.float32), ref.from_quantized(q, scale, torch.float32), rtol=1e-5, atol=1e-5)
     if not right:
         log.warning("the C++ int8 product gave wrong results here; not offered")
     return right
@@ -190,6 +192,8 @@ class Int8Linear(nn.Module):
             self.packed = gemm.PackedInt8(w_int.to(torch.int8))
         else:  # (in, out), contiguous: the layout _int_mm reads fastest as its second operand.
             self.register_buffer("weight_t", w_int.to(torch.int8).t().contiguous())
+        # On AMX the C++ product scales each block of sums as it is done (gemm.PackedInt8.scaled).
+        self.scales_inside = kernel == "cpp" and gemm.on_tiles()
         self.register_buffer("weight_sum", (w_int * col_scale[:, None]).sum(1))  # of the weights as quantized
         bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(w.shape[0])
         self.register_buffer("bias", bias)
@@ -207,26 +211,31 @@ class Int8Linear(nn.Module):
     def product(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The product of rows quantized per token, as it comes from the kernel: int32 sums
         (torch._int_mm), or values in `dtype` with the column scales applied (oneDNN); neither has
-        the row scales or the bias yet (product_col_scale tells which); "cpp" as _int_mm."""
+        the row scales or the bias yet (product_col_scale tells which); "cpp" as _int_mm, or on AMX's
+        tiles as oneDNN."""
         if self.kernel == "onednn":
             # In the activations' dtype, scaled per row in place after: a float32 product would be
             # one more buffer to allocate and pass over (bf16 rounds twice: within its own noise).
             return torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, self.weight, self.col_scale, self.zero_points, None,
                                                       1.0, 0, dtype, "none", [], "")
+        if self.scales_inside:  # oneDNN's convention, in one pass
+            return self.packed.scaled(q, dtype, self.col_scale)
         if self.kernel == "cpp":
             return self.packed.product(q)
         return torch._int_mm(q, self.weight_t)
 
     @property
     def product_col_scale(self) -> torch.Tensor | None:
-        """The column scales `product` leaves to apply: None where oneDNN applied them."""
-        return None if self.kernel == "onednn" else self.col_scale
+        """The column scales `product` leaves to apply: None where the kernel applied them."""
+        return None if self.kernel == "onednn" or self.scales_inside else self.col_scale
 
     def from_quantized(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
                        mid: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's output (rows, out_features) in `dtype` for rows already quantized (q, scale,
         and mid for a centered layer)."""
         weight_sum = self.weight_sum if mid is not None else None
+        if self.scales_inside:
+            return self.packed.scaled(q, dtype, self.col_scale, scale, self.bias, mid, weight_sum)
         if self.kernel == "onednn":
             return native.rescale(self.product(q, dtype), scale, self.bias, mid, weight_sum)
         return native.dequantize(self.product(q, dtype), scale, self.col_scale, self.bias, dtype, mid, weight_sum)
