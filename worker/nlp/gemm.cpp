@@ -126,23 +126,30 @@ struct Scaling {
   const float *row_scale = nullptr, *col_scale = nullptr, *bias = nullptr, *mid = nullptr, *weight_sum = nullptr;
 };
 
-// acc: a block of 32 x 32 sums (32 apart), `live` rows from m0 and `cols` columns from col.
+// acc: a block of 32 x 32 sums (32 apart), `live` rows from m0 and `cols` columns from col. The
+// columns' factors are loaded once per block, not per row.
 void scale_block(const int32_t* acc, int live, int64_t m0, int64_t col, int cols, int64_t n, const Scaling& s) {
+  const __mmask16 keep[2] = {cols >= 16 ? __mmask16(0xffff) : __mmask16((1u << cols) - 1u),
+                             cols >= 32 ? __mmask16(0xffff) : __mmask16(cols > 16 ? (1u << (cols - 16)) - 1u : 0u)};
+  __m512 cs[2], bias[2], ws[2];
+  for (int h = 0; h < 2; ++h) {
+    cs[h] = _mm512_maskz_loadu_ps(keep[h], s.col_scale + col + 16 * h);
+    bias[h] = s.bias != nullptr ? _mm512_maskz_loadu_ps(keep[h], s.bias + col + 16 * h) : _mm512_setzero_ps();
+    ws[h] = s.mid != nullptr ? _mm512_maskz_loadu_ps(keep[h], s.weight_sum + col + 16 * h) : _mm512_setzero_ps();
+  }
+  const int halves = cols > 16 ? 2 : 1;
   for (int r = 0; r < live; ++r) {
     const int64_t row = m0 + r;
     const __m512 rs = _mm512_set1_ps(s.row_scale != nullptr ? s.row_scale[row] : 1.0f);
-    for (int h = 0; h < cols; h += 16) {
-      const __mmask16 keep = cols - h >= 16 ? __mmask16(0xffff) : __mmask16((1u << (cols - h)) - 1u);
-      const int64_t c = col + h;
-      __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(acc + r * 32 + h)), rs),
-                               _mm512_maskz_loadu_ps(keep, s.col_scale + c));
-      if (s.mid != nullptr)
-        v = _mm512_fmadd_ps(_mm512_set1_ps(s.mid[row]), _mm512_maskz_loadu_ps(keep, s.weight_sum + c), v);
-      if (s.bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(keep, s.bias + c));
+    const __m512 md = _mm512_set1_ps(s.mid != nullptr ? s.mid[row] : 0.0f);
+    for (int h = 0; h < halves; ++h) {
+      __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(acc + r * 32 + 16 * h)), rs), cs[h]);
+      v = _mm512_add_ps(_mm512_fmadd_ps(md, ws[h], v), bias[h]);
+      const int64_t at = row * n + col + 16 * h;
       if (s.kind == 1)
-        _mm512_mask_storeu_ps(static_cast<float*>(s.out) + row * n + c, keep, v);
+        _mm512_mask_storeu_ps(static_cast<float*>(s.out) + at, keep[h], v);
       else
-        _mm256_mask_storeu_epi16(static_cast<uint16_t*>(s.out) + row * n + c, keep, (__m256i)_mm512_cvtneps_pbh(v));
+        _mm256_mask_storeu_epi16(static_cast<uint16_t*>(s.out) + at, keep[h], (__m256i)_mm512_cvtneps_pbh(v));
     }
   }
 }
