@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -40,11 +41,27 @@ def compiler() -> str:
     raise BuildError("no C++ compiler found (set CXX, or install g++)")
 
 
+_LOCAL_INCLUDE = re.compile(rb'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+
+
+def sources(source: Path) -> list[Path]:
+    """`source` and the headers it includes with quotes (#include "x.h", beside it), and theirs: what
+    a build reads from the project, so that a change to a shared header builds again."""
+    found, todo = [], [source]
+    while todo:
+        path = todo.pop()
+        if path in found:
+            continue
+        found.append(path)
+        todo += [path.parent / name.decode() for name in _LOCAL_INCLUDE.findall(path.read_bytes())]
+    return found
+
+
 def library_path(source: Path, flags: tuple[str, ...], cxx: str) -> Path:
-    """Where the library built by `cxx` with `flags` for `source` and this CPU lives."""
+    """Where the library built by `cxx` with `flags` for `source` (and its headers) and this CPU lives."""
     from .config import home_dir
 
-    parts = [source.read_bytes(), cxx.encode(), " ".join(flags).encode(), cpu_model_name().encode(),
+    parts = [*(path.read_bytes() for path in sources(source)), cxx.encode(), " ".join(flags).encode(), cpu_model_name().encode(),
              " ".join(sorted(cpu_flags())).encode()]
     digest = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     return home_dir() / "cache" / "kernels" / f"{source.stem}-{digest}.so"

@@ -25,8 +25,7 @@
 #endif
 #if defined(__AMX_INT8__) && defined(__AVX512BF16__)
 #define REVIEWS_AMX 1
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "amx.h"
 #endif
 
 namespace {
@@ -91,30 +90,6 @@ void widen(const int8_t* src, int64_t n, int16_t* dst) {
 // contiguous share of the rows (those the step before wrote), column blocks of TN outside, so a
 // block of W stays in L2 while the thread's rows pass under it.
 constexpr int64_t TK = 64, TN = 256;
-
-struct TileConfig {  // LDTILECFG's 64 bytes, palette 1
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-bool amx_ready() {  // Linux grants the tile state when asked; once per process, then per thread config
-  static const bool ok = [] {
-    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
-    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
-  }();
-  return ok;
-}
-
-void configure_tiles() {
-  alignas(64) TileConfig cfg{};
-  cfg.palette = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
-}
 
 // What the sums become as each block is done, while it is in L1: int32 as they are (`out` int32),
 // or acc * row_scale * col_scale (+ mid * weight_sum) + bias in float32 or bf16 (row_scale, bias and
@@ -241,7 +216,7 @@ void amx_product(const int8_t* a, int64_t m, int64_t k, const int8_t* packed, in
   const int64_t blocks = (m + 31) / 32;
 #pragma omp parallel num_threads(threads)
   {
-    configure_tiles();
+    amx::configure_tiles();
     const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
     if (b0 < b1) amx_rows(rows, kpad, 32 * b0, std::min(m, 32 * b1), groups, packed, n, s);
@@ -253,7 +228,7 @@ void amx_product(const int8_t* a, int64_t m, int64_t k, const int8_t* packed, in
 
 bool use_amx() {
 #ifdef REVIEWS_AMX
-  return amx_ready();
+  return amx::permitted();
 #else
   return false;
 #endif

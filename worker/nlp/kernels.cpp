@@ -17,6 +17,9 @@
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#include "amx.h"
+#endif
 
 namespace {
 
@@ -588,38 +591,11 @@ void attention_rows(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, 
 #endif  // AVX-512 BF16
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-#include <sys/syscall.h>
-#include <unistd.h>
 // The same attention on AMX's tiles, for heads of 32 to 128 in steps of 32: on a Xeon with AMX,
 // torch's flash attention (whose products run on the tiles) was 2x the AVX-512 kernel above. Every
 // tile is 16 rows of 64 bytes: 16 queries x 32 bf16 of q (a), 16 pairs x 16 keys or dims (b: the
 // pair layout the kernel above repacks k and v into), 16 x 16 fp32 (c). Per (row, head), blocks of
 // 32 queries: their scores, the same softmax, then (p v); partial blocks go through a zeroed copy.
-struct TileConfig {  // LDTILECFG's 64 bytes, palette 1
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-inline void configure_tiles() {
-  alignas(64) TileConfig cfg{};
-  cfg.palette = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
-}
-
-// Linux gives a process AMX's tile state only when asked (oneDNN asks too, for itself).
-bool amx_permitted() {
-  static const bool ok = [] {
-    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
-    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
-  }();
-  return ok;
-}
-
 struct TileBuffers {
   uint32_t* kp;  // k's pairs in 16 x 16 blocks (repack_keys, tiled), zeros past the keys
   uint32_t* vp;  // [keys rounded up to 32, / 2][head_dim]: v's pairs along keys (zeros past them)
@@ -703,7 +679,7 @@ void attention_rows_tiles(const bf16_bits* q, const bf16_bits* k, const bf16_bit
   const int64_t dim = heads * hd, pad = (width + 31) / 32 * 32;
 #pragma omp parallel num_threads(threads) if (rows * heads > 1)
   {
-    configure_tiles();  // per thread: the tile configuration is thread state
+    amx::configure_tiles();  // per thread: the tile configuration is thread state
     TileBuffers b{new uint32_t[(hd / 2) * pad], new uint32_t[(pad / 2) * hd], new float[32 * pad],
                   new bf16_bits[32 * pad], new float[32 * hd], new bf16_bits[32 * hd]};
 #pragma omp for schedule(dynamic)
@@ -819,7 +795,7 @@ int reviews_attention_supported() {
 // 1 where attention_tiles_bf16 has a kernel here (AMX, and Linux lets this process use the tiles).
 int reviews_attention_tiles_supported() {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-  return amx_permitted() ? 1 : 0;
+  return amx::permitted() ? 1 : 0;
 #else
   return 0;
 #endif
@@ -830,7 +806,7 @@ void reviews_attention_tiles_bf16(const bf16_bits* q, const bf16_bits* k, const 
                                   int64_t rows, int64_t nq, int64_t width, int64_t heads, int64_t head_dim,
                                   float scale, bf16_bits* out, int threads) {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-  if (amx_permitted())  // without the permission a tile instruction is an illegal instruction
+  if (amx::permitted())  // without the permission a tile instruction is an illegal instruction
     attention_rows_tiles(q, k, v, lengths, rows, nq, width, heads, head_dim, scale, out, threads);
 #endif
 }
