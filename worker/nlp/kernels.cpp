@@ -302,17 +302,41 @@ void product_row(const P* __restrict__ prod, int64_t n, float rs, const float* _
 // lanes, summed at the end, which plain loops may not do (it reorders float additions).
 void add_norm_row(const float* __restrict__ residual, float* __restrict__ y, int64_t n,
                   const float* __restrict__ gamma, const float* __restrict__ beta, float eps) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t c = 0; c < n; ++c) {
-    y[c] += residual[c];
-    sum += y[c];
+  float sum = 0.0f, sq = 0.0f, mean;
+  int64_t c = 0;
+#ifdef __AVX512F__
+  // Four vector sums each: one sum's chain of dependent adds bound both loops (perf: the add +
+  // LayerNorm + quantize step after out_lin and lin2, a Xeon with AMX).
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (; c + 64 <= n; c += 64) {
+    __m512 v[4];
+    for (int u = 0; u < 4; ++u) {
+      v[u] = _mm512_add_ps(_mm512_loadu_ps(y + c + 16 * u), _mm512_loadu_ps(residual + c + 16 * u));
+      _mm512_storeu_ps(y + c + 16 * u, v[u]);
+    }
+    s0 = _mm512_add_ps(s0, v[0]), s1 = _mm512_add_ps(s1, v[1]), s2 = _mm512_add_ps(s2, v[2]), s3 = _mm512_add_ps(s3, v[3]);
   }
-  const float mean = sum / float(n);
-  float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-  for (int64_t c = 0; c < n; ++c) {
-    const float d = y[c] - mean;
+  sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#endif
+  for (int64_t t = c; t < n; ++t) {
+    y[t] += residual[t];
+    sum += y[t];
+  }
+  mean = sum / float(n);
+  c = 0;
+#ifdef __AVX512F__
+  const __m512 m = _mm512_set1_ps(mean);
+  s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (; c + 64 <= n; c += 64) {
+    const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(y + c), m), d1 = _mm512_sub_ps(_mm512_loadu_ps(y + c + 16), m);
+    const __m512 d2 = _mm512_sub_ps(_mm512_loadu_ps(y + c + 32), m), d3 = _mm512_sub_ps(_mm512_loadu_ps(y + c + 48), m);
+    s0 = _mm512_fmadd_ps(d0, d0, s0), s1 = _mm512_fmadd_ps(d1, d1, s1);
+    s2 = _mm512_fmadd_ps(d2, d2, s2), s3 = _mm512_fmadd_ps(d3, d3, s3);
+  }
+  sq = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#endif
+  for (int64_t t = c; t < n; ++t) {
+    const float d = y[t] - mean;
     sq += d * d;
   }
   const float rstd = 1.0f / std::sqrt(sq / float(n) + eps);
