@@ -311,7 +311,7 @@ void reviews_gemm_s8(const int8_t* a, int64_t m, int64_t k, const void* packed_w
       }
   }
 #else
-  (void)a, (void)m, (void)k, (void)packed, (void)n, (void)c, (void)threads;
+  (void)a, (void)m, (void)k, (void)packed_w, (void)n, (void)c, (void)threads;
 #endif
 }
 
