@@ -10,8 +10,9 @@ the engine achieves for the text it was given.
 The peak: the fastest of the model's linear shapes at 2048 rows, timed alone, per precision: bf16
 through torch's Linear or through oneDNN with the weight packed once (packed.py, what the engine
 runs), whichever is faster; int8 through each product int8.py offers here (torch._int_mm, oneDNN's
-quantized Linear on packed weights, gemm.cpp's product on AVX2), whichever is fastest, the raw
-product alone (no quantizing, no scaling). Nothing the engine does can run its products faster than
+quantized Linear on packed weights, gemm.cpp's product on AVX2 or AMX's tiles), whichever is
+fastest, the product alone as `Int8Linear.product` gives it (no quantizing; oneDNN and gemm.cpp on
+the tiles apply the column scales as they write, as in the forward). Nothing the engine does can run its products faster than
 that on this host with these kernels. A kernel int8.py does not offer (one running 10x or more
 slower than the fastest) is not timed: at 2048 rows it could take minutes.
 """

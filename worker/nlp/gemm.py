@@ -55,6 +55,7 @@ def available() -> bool:
     return True
 
 
+@lru_cache(maxsize=1)
 def on_tiles() -> bool:
     """True where the product runs on AMX's int8 tiles, which can also scale its sums (`scaled`)."""
     return available() and library().reviews_gemm_supported() == 2
@@ -75,12 +76,16 @@ class PackedInt8:
         self.data = torch.empty(lib.reviews_gemm_packed_size(*weight.shape), dtype=torch.uint8)
         lib.reviews_gemm_pack(weight.data_ptr(), self.out_features, self.in_features, self.data.data_ptr())
 
+    def _rows(self, q: torch.Tensor, what: str) -> torch.Tensor:
+        """q as the kernels read it (contiguous), or a ValueError naming `what` and the problem."""
+        if q.dim() != 2 or q.dtype != torch.int8 or q.shape[1] != self.in_features or q.device.type != "cpu":
+            raise ValueError(f"PackedInt8.{what}: needs (rows, {self.in_features}) int8 on CPU, got "
+                             f"{tuple(q.shape)} {q.dtype} on {q.device}")
+        return q.contiguous()
+
     def product(self, q: torch.Tensor) -> torch.Tensor:
         """q (rows, in_features) int8 -> (rows, out_features) int32: q @ weight.T, exact."""
-        if q.dim() != 2 or q.dtype != torch.int8 or q.shape[1] != self.in_features or q.device.type != "cpu":
-            raise ValueError(f"PackedInt8.product: needs (rows, {self.in_features}) int8 on CPU, got "
-                             f"{tuple(q.shape)} {q.dtype} on {q.device}")
-        q = q.contiguous()
+        q = self._rows(q, "product")
         out = torch.empty((q.shape[0], self.out_features), dtype=torch.int32)
         library().reviews_gemm_s8(q.data_ptr(), q.shape[0], self.in_features, self.data.data_ptr(),
                                   self.out_features, out.data_ptr(), torch.get_num_threads())
@@ -96,9 +101,7 @@ class PackedInt8:
             raise RuntimeError("PackedInt8.scaled: needs AMX's int8 tiles")
         if dtype not in _SCALED_KINDS:
             raise ValueError(f"PackedInt8.scaled: float32 or bfloat16 out, not {dtype}")
-        if q.dim() != 2 or q.dtype != torch.int8 or q.shape[1] != self.in_features or q.device.type != "cpu":
-            raise ValueError(f"PackedInt8.scaled: needs (rows, {self.in_features}) int8 on CPU, got "
-                             f"{tuple(q.shape)} {q.dtype} on {q.device}")
+        q = self._rows(q, "scaled")
         rows = q.shape[0]
         vectors = {"col_scale": (col_scale, self.out_features), "row_scale": (row_scale, rows),
                    "bias": (bias, self.out_features), "mid": (mid, rows), "weight_sum": (weight_sum, self.out_features)}
@@ -107,11 +110,12 @@ class PackedInt8:
                 raise ValueError(f"PackedInt8.scaled: {name} must be {size} contiguous float32 values")
         if (mid is None) != (weight_sum is None):
             raise ValueError("PackedInt8.scaled: mid and weight_sum go together")
-        q = q.contiguous()
         out = torch.empty((rows, self.out_features), dtype=dtype)
         ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-        library().reviews_gemm_s8_scaled(q.data_ptr(), rows, self.in_features, self.data.data_ptr(), self.out_features,
+        failed = library().reviews_gemm_s8_scaled(q.data_ptr(), rows, self.in_features, self.data.data_ptr(), self.out_features,
                                          out.data_ptr(), _SCALED_KINDS[dtype], ptr(row_scale), col_scale.data_ptr(),
                                          ptr(bias), ptr(mid), ptr(weight_sum), torch.get_num_threads())
+        if failed:  # the library refused (no tiles in this build): nothing was written to out
+            raise RuntimeError("PackedInt8.scaled: the library has no scaled product here")
         return out
 
