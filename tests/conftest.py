@@ -240,6 +240,21 @@ def imdb_reviews() -> list[dict]:
     return out
 
 
+def int8_layer_pairs(kernels: tuple[str, str], seed: int):
+    """The same Linear (96 -> 80) and inputs through int8.Int8Linear with each of two product kernels,
+    plain and centered: (output with the first, output with the second) per variant."""
+    import torch
+
+    from worker.nlp import int8
+
+    torch.manual_seed(seed)
+    linear = torch.nn.Linear(96, 80)
+    x = torch.randn(2, 33, 96)
+    with torch.inference_mode():
+        return [tuple(int8.Int8Linear(linear, centered=centered, kernel=k)(x + centered) for k in kernels)
+                for centered in (False, True)]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

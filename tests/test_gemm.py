@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import torch
+from conftest import int8_layer_pairs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,17 +68,11 @@ def test_it_serves_int8_layers_with_the_same_sums_as_torch(caplog):
     unless another product here is over 10x faster (AMX's int8 tiles could be), and then it says so."""
     if not int8.cpp_available():
         pytest.skip("int8 inference is unavailable here")
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(96, 80)
-    x = torch.randn(2, 33, 96)
-    with torch.inference_mode():
-        for centered in (False, True):
-            a = int8.Int8Linear(linear, centered=centered, kernel="int_mm")(x + centered)
-            b = int8.Int8Linear(linear, centered=centered, kernel="cpp")(x + centered)
-            if gemm.on_tiles():  # the same sums, scaled in the product: float rounding apart
-                assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
-            else:
-                assert torch.equal(a, b)
+    for a, b in int8_layer_pairs(("int_mm", "cpp"), seed=0):
+        if gemm.on_tiles():  # the same sums, scaled in the product: float rounding apart
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+        else:
+            assert torch.equal(a, b)
     int8.offered_kernels.cache_clear()
     with caplog.at_level(logging.INFO, logger="worker.nlp.int8"):
         offered = int8.offered_kernels()

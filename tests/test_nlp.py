@@ -4,6 +4,7 @@
 import pytest
 import torch
 
+from conftest import int8_layer_pairs
 from worker.nlp.ner import load_ner
 from worker.nlp.sentiment import load_sentiment
 from worker.nlp.types import ModelLoadError
@@ -395,16 +396,10 @@ def test_both_int8_products_give_the_same_outputs_and_the_faster_one_is_measured
 
     if not int8.onednn_available():
         pytest.skip("this torch has no oneDNN int8 Linear for this CPU")
-    torch.manual_seed(1)
-    linear = torch.nn.Linear(96, 80)
-    x = torch.randn(2, 33, 96)
-    with torch.inference_mode():
-        for centered in (False, True):
-            a = int8.Int8Linear(linear, centered=centered, kernel="int_mm")(x + centered)
-            b = int8.Int8Linear(linear, centered=centered, kernel="onednn")(x + centered)
-            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in int8_layer_pairs(("int_mm", "onednn"), seed=1):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="int8 kernel must be one of int_mm, onednn, cpp, not 'vnni'"):
-        int8.Int8Linear(linear, kernel="vnni")
+        int8.Int8Linear(torch.nn.Linear(96, 80), kernel="vnni")
     monkeypatch.setenv("REVIEWS_HOME", str(tmp_path / "home"))  # measured, not read from a cache
     int8.product_kernel.cache_clear()
     with caplog.at_level("INFO", logger="worker.nlp.int8"):
