@@ -252,22 +252,32 @@ def test_ner_never_gets_int8_when_its_tag_agreement_fails(home, tiny_models, mon
     assert not trial["passed"] and trial["agreement"] < precision.MIN_AGREEMENT["ner"]
 
 
-def test_agreement_ignores_near_ties_and_the_tokens_both_call_outside():
+def test_agreement_ignores_near_ties_of_sentiment():
     ref = torch.tensor([[2.0, -2.0], [0.01, 0.0], [-3.0, 3.0]])
     flipped_tie = torch.tensor([[2.0, -2.0], [0.0, 0.01], [-3.0, 3.0]])
     assert precision.agreement("sentiment", [flipped_tie], [ref], [torch.ones(3)]) == 1.0
     flipped = torch.tensor([[-2.0, 2.0], [0.01, 0.0], [-3.0, 3.0]])
     assert precision.agreement("sentiment", [flipped], [ref], [torch.ones(3)]) == pytest.approx(0.5)
-    # NER: 100 tokens, 96 "O" in both, 4 entity tokens of which one changes tag: 75%, not 99%.
+
+
+def test_ner_agreement_counts_exact_spans_both_ways():
+    """100 tokens, 96 "O" in both: the "O"s count for nothing, so one span of four lost is 75%, not
+    99%; a span split in two is neither found nor had; padded positions are never read."""
+    labels = {0: "O", 1: "B-PER", 2: "I-PER"}
     ref = torch.full((1, 100, 3), -5.0)
     ref[0, :, 0] = 5.0
-    ref[0, :4, 0], ref[0, :4, 1] = -5.0, 5.0
+    for start in (0, 10, 20, 30):  # four one-token spans
+        ref[0, start, 0], ref[0, start, 1] = -5.0, 5.0
     got = ref.clone()
-    got[0, 0, 1], got[0, 0, 2] = -5.0, 5.0
+    got[0, 0, 0], got[0, 0, 1] = 5.0, -5.0  # the first span lost
     mask = torch.ones(1, 100)
-    assert precision.agreement("ner", [got], [ref], [mask]) == pytest.approx(0.75)
-    mask[0, :1] = 0  # a padded position is never read
-    assert precision.agreement("ner", [got], [ref], [mask]) == 1.0
+    assert precision.agreement("ner", [got], [ref], [mask], labels) == pytest.approx(0.75)
+    assert precision.agreement("ner", [ref], [got], [mask], labels) == pytest.approx(0.75)  # an extra span
+    mask[0, :1] = 0
+    assert precision.agreement("ner", [got], [ref], [mask], labels) == 1.0
+    longer = ref.clone()
+    longer[0, 11, 0], longer[0, 11, 2] = -5.0, 5.0  # B-PER I-PER: the span at 10 is now two tokens long
+    assert precision.agreement("ner", [longer], [ref], [mask], labels) == pytest.approx(2 / 3)
 
 
 def test_the_fastest_passing_candidate_wins_if_it_beats_the_flags_choice_clearly():
