@@ -120,3 +120,49 @@ def test_scaled_products_refuse_what_they_cannot_scale():
         packed.scaled(q, torch.float32, scale, row_scale=torch.ones(4))
     with pytest.raises(ValueError, match="mid and weight_sum go together"):
         packed.scaled(q, torch.float32, scale, mid=torch.ones(3))
+
+
+def gelu_quantized(a, w, row_scale, col_scale, bias):
+    """What gelu_quantize stands for, in float64: x = GELU(the layer's output), then x as bf16 (the
+    kernel's buffer) quantized around each row's midrange. Returns (x, q, scale, mid)."""
+    x = torch.nn.functional.gelu(exact(a, w).double() * row_scale.double() * col_scale.double() + bias.double())
+    x16 = x.bfloat16().double()
+    hi, lo = x16.amax(1, keepdim=True), x16.amin(1, keepdim=True)
+    mid, scale = (hi + lo) / 2, ((hi - lo) / 2).clamp(min=1e-8) / 127
+    return x, ((x16 - mid) / scale).round(), scale, mid
+
+
+@on_tiles
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 600), k=st.integers(1, 200), n=st.integers(1, 300), seed=st.integers(0, 2**31 - 1),
+       spread=st.sampled_from([1e-4, 1e-2, 1.0]))
+def test_gelu_quantize_is_the_quantized_gelu_of_the_scaled_product(m, k, n, seed, spread):
+    """Rows across blocks of 32 and across each thread's chunks of 256, k not a multiple of 64,
+    columns across a block of 256 and partial panels; outputs from tiny to large. The kernel's GELU
+    is an approximation (1e-7 apart), so a value on a bf16 rounding edge may round the other way:
+    the bound is on the values the quantized rows stand for (half a step, and a bf16 rounding)."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    col_scale = torch.rand(n, generator=gen) * spread / (128 * 128 * k ** 0.5)
+    row_scale, bias = torch.rand(m, 1, generator=gen) + 0.5, torch.randn(n, generator=gen) * spread
+    q, scale, mid = gemm.PackedInt8(w).gelu_quantize(a, row_scale, col_scale, bias)
+    assert q.dtype == torch.int8 and q.shape == (m, n) and scale.shape == mid.shape == (m, 1)
+    x, want_q, want_scale, want_mid = gelu_quantized(a, w, row_scale, col_scale, bias)
+    ulp = x.abs().amax(1, keepdim=True) / 128  # bf16 keeps 8 bits
+    assert torch.allclose(scale.double(), want_scale, rtol=1e-4, atol=0) or (scale.double() - want_scale).abs().max() <= ulp.max() / 127
+    assert ((mid.double() - want_mid).abs() <= ulp + 1e-12).all()
+    assert ((q.double() * scale.double() + mid.double() - x).abs() <= scale.double() / 2 + ulp + 1e-12).all()
+    assert (q.double() - want_q).abs().mean() < 0.05  # most land where the float64 rows do
+
+
+@on_tiles
+def test_gelu_quantize_refuses_what_it_cannot_use():
+    packed = gemm.PackedInt8(torch.zeros(8, 12, dtype=torch.int8))
+    q, ones = torch.zeros(3, 12, dtype=torch.int8), torch.ones(8)
+    with pytest.raises(ValueError, match="row_scale must be 3 contiguous float32 values"):
+        packed.gelu_quantize(q, torch.ones(4), ones, ones)
+    with pytest.raises(ValueError, match="bias must be 8 contiguous float32 values"):
+        packed.gelu_quantize(q, torch.ones(3), ones, torch.ones(8, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"needs \(rows, 12\) int8"):
+        packed.gelu_quantize(q.float(), torch.ones(3), ones, ones)

@@ -238,8 +238,7 @@ class DistilBertForward:
         out, sa = att.out_lin, layer.sa_layer_norm
         h, hq, hs = native.product_add_norm_quantize(out.product(aq, dt), as_, out.product_col_scale, out.bias,
                                                      residual, sa.weight, sa.bias, sa.eps)
-        fq, fs, fm = native.product_gelu_quantize(ffn.lin1.product(hq, dt), hs, ffn.lin1.product_col_scale,
-                                                  ffn.lin1.bias)
+        fq, fs, fm = ffn.lin1.gelu_quantize(hq, hs, dt)
         norm = layer.output_layer_norm
         h, nq, ns = native.product_add_norm_quantize(
             ffn.lin2.product(fq, dt), fs, ffn.lin2.product_col_scale, ffn.lin2.bias, h, norm.weight, norm.bias,

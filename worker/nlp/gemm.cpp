@@ -18,6 +18,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #ifdef __AVX2__
@@ -26,6 +27,7 @@
 #if defined(__AMX_INT8__) && defined(__AVX512BF16__)
 #define REVIEWS_AMX 1
 #include "amx.h"
+#include "vec512.h"
 #endif
 
 namespace {
@@ -145,6 +147,47 @@ void amx_pack(const int8_t* w, int64_t n, int64_t k, int8_t* out) {
     }
 }
 
+// Tiles 0-3 = the sums of 32 rows from m0 of a (`live` real, the rest zeros) times panel j (0, 2)
+// and j + 1 (1, 3; when `two`), b0 the packed panel j. between(g) runs after group g's tile
+// instructions are issued: vector work there overlaps the tile unit's.
+struct Nothing {
+  void operator()(int64_t) const {}
+};
+
+template <typename Between = Nothing>
+inline void block_sums(const int8_t* a, int64_t lda, int64_t m0, int live, const int8_t* b0, int64_t groups, bool two,
+                       int8_t* rows_buf, Between between = {}) {
+  _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int8_t* ablock = a + m0 * lda + g * TK;
+    int64_t stride = lda;
+    if (live < 32) {  // the last rows: a zeroed copy of 32
+      std::memset(rows_buf, 0, 32 * 64);
+      for (int r = 0; r < live; ++r) std::memcpy(rows_buf + r * 64, ablock + r * lda, 64);
+      ablock = rows_buf;
+      stride = 64;
+    }
+    _tile_loadd(4, ablock, stride);
+    _tile_loadd(5, ablock + 16 * stride, stride);
+    _tile_loadd(6, b0 + g * 1024, 64);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(2, 5, 6);
+    if (two) {
+      _tile_loadd(7, b0 + (groups + g) * 1024, 64);
+      _tile_dpbssd(1, 4, 7);
+      _tile_dpbssd(3, 5, 7);
+    }
+    between(g);
+  }
+}
+
+inline void store_sums(int32_t* out_buf) {  // tiles 0-3 as 32 x 32 int32, rows 32 apart
+  _tile_stored(0, out_buf, 128);
+  _tile_stored(1, out_buf + 16, 128);
+  _tile_stored(2, out_buf + 16 * 32, 128);
+  _tile_stored(3, out_buf + 16 * 32 + 16, 128);
+}
+
 // Rows [r0, r1) of c = a times the packed W's transpose. a's rows are lda bytes apart and readable
 // to a multiple of 64 (the caller copies them where k is not); a block of fewer than 32 rows, or
 // columns past n, goes through zeroed copies.
@@ -160,28 +203,7 @@ void amx_rows(const int8_t* a, int64_t lda, int64_t r0, int64_t r1, int64_t grou
       const int live = int(std::min<int64_t>(32, r1 - m0));
       for (int64_t j = n0; j < n1; j += 2) {
         const bool two = j + 1 < n1;
-        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-        const int8_t* b0 = packed + j * groups * 1024;
-        for (int64_t g = 0; g < groups; ++g) {
-          const int8_t* ablock = a + m0 * lda + g * TK;
-          int64_t stride = lda;
-          if (live < 32) {  // the last rows: a zeroed copy of 32
-            std::memset(rows_buf, 0, sizeof rows_buf);
-            for (int r = 0; r < live; ++r) std::memcpy(rows_buf + r * 64, ablock + r * lda, 64);
-            ablock = rows_buf;
-            stride = 64;
-          }
-          _tile_loadd(4, ablock, stride);
-          _tile_loadd(5, ablock + 16 * stride, stride);
-          _tile_loadd(6, b0 + g * 1024, 64);
-          _tile_dpbssd(0, 4, 6);
-          _tile_dpbssd(2, 5, 6);
-          if (two) {
-            _tile_loadd(7, b0 + (groups + g) * 1024, 64);
-            _tile_dpbssd(1, 4, 7);
-            _tile_dpbssd(3, 5, 7);
-          }
-        }
+        block_sums(a, lda, m0, live, packed + j * groups * 1024, groups, two, rows_buf);
         const int64_t col = 16 * j, cols = std::min<int64_t>(two ? 32 : 16, n - col);
         if (s.kind == 0 && live == 32 && cols == 32) {
           _tile_stored(0, c + m0 * n + col, n * 4);
@@ -189,10 +211,7 @@ void amx_rows(const int8_t* a, int64_t lda, int64_t r0, int64_t r1, int64_t grou
           _tile_stored(2, c + (m0 + 16) * n + col, n * 4);
           _tile_stored(3, c + (m0 + 16) * n + col + 16, n * 4);
         } else {
-          _tile_stored(0, out_buf, 128);
-          _tile_stored(1, out_buf + 16, 128);
-          _tile_stored(2, out_buf + 16 * 32, 128);
-          _tile_stored(3, out_buf + 16 * 32 + 16, 128);
+          store_sums(out_buf);
           if (s.kind == 0) {
             for (int r = 0; r < live; ++r) std::memcpy(c + (m0 + r) * n + col, out_buf + r * 32, cols * 4);
           } else {
@@ -204,26 +223,140 @@ void amx_rows(const int8_t* a, int64_t lda, int64_t r0, int64_t r1, int64_t grou
   }
 }
 
-void amx_product(const int8_t* a, int64_t m, int64_t k, const int8_t* packed, int64_t n, const Scaling& s,
-                 int threads) {
+// Runs rows(a, lda, r0, r1, groups) on each thread's share of the blocks of 32 rows, with the
+// tiles configured; a's rows copied with zeros after where k is not a multiple of 64.
+template <typename Rows>
+void amx_threads(const int8_t* a, int64_t m, int64_t k, int threads, Rows rows) {
   const int64_t groups = (k + TK - 1) / TK, kpad = groups * TK;
-  int8_t* padded = nullptr;  // k not a multiple of 64: rows copied, zeros after
+  int8_t* padded = nullptr;
   if (kpad != k) {
     padded = new int8_t[m * kpad]();
     for (int64_t r = 0; r < m; ++r) std::memcpy(padded + r * kpad, a + r * k, k);
   }
-  const int8_t* rows = padded != nullptr ? padded : a;
+  const int8_t* in = padded != nullptr ? padded : a;
   const int64_t blocks = (m + 31) / 32;
 #pragma omp parallel num_threads(threads)
   {
     amx::configure_tiles();
     const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-    if (b0 < b1) amx_rows(rows, kpad, 32 * b0, std::min(m, 32 * b1), groups, packed, n, s);
+    if (b0 < b1) rows(in, kpad, 32 * b0, std::min(m, 32 * b1), groups);
     _tile_release();
   }
   delete[] padded;
 }
+
+void amx_product(const int8_t* a, int64_t m, int64_t k, const int8_t* packed, int64_t n, const Scaling& s,
+                 int threads) {
+  amx_threads(a, m, k, threads, [&](const int8_t* in, int64_t lda, int64_t r0, int64_t r1, int64_t groups) {
+    amx_rows(in, lda, r0, r1, groups, packed, n, s);
+  });
+}
+
+// The feed-forward's first product whole: x = GELU(acc * row_scale * col_scale + bias), each row
+// then quantized around its midrange for the second, as kernels.cpp's quantize_row_centered does.
+// x stays in a thread's buffer of a few hundred rows (bf16, in L2) with each row's running max and
+// min, where a separate pass read the whole product back from L3 after it had been written out;
+// and each block's GELU runs between the tile instructions of the next block's product. 1.17-1.21x
+// the product then kernels.cpp's pass at 1,792 x 768 -> 3,072 (bench/RESULTS.md).
+struct GeluQuantize {
+  const float *row_scale, *col_scale, *bias;
+  int8_t* q;
+  float *scale, *mid;
+};
+constexpr int64_t kBufferBytes = 1536 * 1024, kMaxChunk = 256;  // rows: 256 of 3,072 values
+
+// Rows [ra, rb) of a 32 x 32 block of sums (32 apart) from row row0, `cols` columns from col:
+// scaled, GELU'd, stored in buf as bf16 (rows n apart), and folded into the rows' running max and
+// min (of the bf16 values: a row of equal values quantizes to zeros, as kernels.cpp's would).
+void gelu_block(const int32_t* acc, int ra, int rb, int64_t row0, int64_t col, int cols, int64_t n,
+                const GeluQuantize& g, uint16_t* buf, __m512* hi, __m512* lo) {
+  const __mmask16 keep[2] = {cols >= 16 ? __mmask16(0xffff) : __mmask16((1u << cols) - 1u),
+                             cols >= 32 ? __mmask16(0xffff) : __mmask16(cols > 16 ? (1u << (cols - 16)) - 1u : 0u)};
+  const int halves = cols > 16 ? 2 : 1;
+  for (int h = 0; h < halves; ++h) {
+    const __m512 cs = _mm512_maskz_loadu_ps(keep[h], g.col_scale + col + 16 * h);
+    const __m512 bias = _mm512_maskz_loadu_ps(keep[h], g.bias + col + 16 * h);
+    for (int r = ra; r < rb; ++r) {
+      __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(acc + r * 32 + 16 * h)),
+                               _mm512_set1_ps(g.row_scale[row0 + r]));
+      const __m256i x = (__m256i)_mm512_cvtneps_pbh(gelu16(_mm512_fmadd_ps(v, cs, bias)));
+      _mm256_mask_storeu_epi16(buf + r * n + col + 16 * h, keep[h], x);
+      v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
+      hi[r] = _mm512_mask_max_ps(hi[r], keep[h], hi[r], v);
+      lo[r] = _mm512_mask_min_ps(lo[r], keep[h], lo[r], v);
+    }
+  }
+}
+
+// One row of n bf16 values quantized around the midrange of [l, h] (kMinScale as kernels.cpp's).
+void quantize_centered(const uint16_t* x, int64_t n, float h, float l, int8_t* q, float* scale, float* mid) {
+  const float m = (h + l) / 2.0f;
+  const float s = std::max((h - l) / 2.0f, 1e-8f) / 127.0f;
+  const float inv = 1.0f / s;
+  const __m512 mv = _mm512_set1_ps(m), iv = _mm512_set1_ps(inv);
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 keep = n - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - c)) - 1u);
+    const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(keep, x + c)), 16));
+    // cvtps rounds half to even, as nearbyint
+    _mm_mask_storeu_epi8(q + c, keep, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(v, mv), iv))));
+  }
+  *scale = s;
+  *mid = m;
+}
+
+void amx_rows_gelu(const int8_t* a, int64_t lda, int64_t r0, int64_t r1, int64_t groups, const int8_t* packed,
+                   int64_t n, const GeluQuantize& g) {
+  alignas(64) int8_t rows_buf[32 * 64];
+  alignas(64) int32_t out_buf[2][32 * 32];
+  __m512 hi[kMaxChunk], lo[kMaxChunk];
+  const int64_t chunk = std::clamp<int64_t>(kBufferBytes / (2 * n) / 32 * 32, 32, kMaxChunk);
+  uint16_t* buf = new uint16_t[chunk * n];
+  const int64_t panels = (n + 15) / 16;
+  // The block before, whose sums wait in out_buf[1 - cur]: its rows are done a few at a time
+  // between the tile instructions of the next block's product.
+  struct Pending {
+    int live = 0;
+    int64_t m0 = 0, col = 0;
+    int cols = 0;
+  } pending;
+  int cur = 0;
+  const int per_group = int((32 + groups - 1) / groups);
+  for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+    const int64_t c1 = std::min(r1, c0 + chunk);
+    for (int64_t r = 0; r < c1 - c0; ++r) {
+      hi[r] = _mm512_set1_ps(-INFINITY);
+      lo[r] = _mm512_set1_ps(INFINITY);
+    }
+    auto finish = [&](int ra, int rb) {
+      const int64_t at = pending.m0 - c0;
+      gelu_block(out_buf[1 - cur], ra, std::min(rb, pending.live), pending.m0, pending.col, pending.cols, n, g,
+                 buf + at * n, hi + at, lo + at);
+    };
+    for (int64_t n0 = 0; n0 < panels; n0 += TN / 16) {
+      const int64_t n1 = std::min(panels, n0 + TN / 16);
+      for (int64_t m0 = c0; m0 < c1; m0 += 32) {
+        const int live = int(std::min<int64_t>(32, c1 - m0));
+        for (int64_t j = n0; j < n1; j += 2) {
+          const bool two = j + 1 < n1;
+          block_sums(a, lda, m0, live, packed + j * groups * 1024, groups, two, rows_buf,
+                     [&](int64_t grp) { finish(int(grp) * per_group, int(grp + 1) * per_group); });
+          store_sums(out_buf[cur]);
+          const int64_t col = 16 * j;
+          pending = {live, m0, col, int(std::min<int64_t>(two ? 32 : 16, n - col))};
+          cur = 1 - cur;
+        }
+      }
+    }
+    finish(0, 32);  // the chunk's last block
+    pending.live = 0;
+    for (int64_t r = c0; r < c1; ++r)
+      quantize_centered(buf + (r - c0) * n, n, _mm512_reduce_max_ps(hi[r - c0]), _mm512_reduce_min_ps(lo[r - c0]),
+                        g.q + r * n, g.scale + r, g.mid + r);
+  }
+  delete[] buf;
+}
+
 #endif  // AMX
 
 bool use_amx() {
@@ -329,6 +462,28 @@ int reviews_gemm_s8_scaled(const int8_t* a, int64_t m, int64_t k, const void* pa
 #endif
   (void)a, (void)m, (void)k, (void)packed_w, (void)n, (void)out, (void)kind, (void)row_scale, (void)col_scale;
   (void)bias, (void)mid, (void)weight_sum, (void)threads;
+  return -1;
+}
+
+// q (m, n) int8, scale and mid (m) = lin1's output GELU'd and quantized around each row's midrange,
+// from a's rows quantized per token (row_scale) and the packed W (col_scale, bias: n floats): the
+// int8 engine's step from lin1 to lin2 in one call. AMX only, else nothing is written and -1
+// returned.
+int reviews_gemm_s8_gelu_quantize(const int8_t* a, int64_t m, int64_t k, const void* packed_w, int64_t n,
+                                  const float* row_scale, const float* col_scale, const float* bias, int8_t* q,
+                                  float* scale, float* mid, int threads) {
+#ifdef REVIEWS_AMX
+  if (use_amx()) {
+    const GeluQuantize g{row_scale, col_scale, bias, q, scale, mid};
+    const int8_t* packed = static_cast<const int8_t*>(packed_w);
+    amx_threads(a, m, k, threads, [&](const int8_t* in, int64_t lda, int64_t r0, int64_t r1, int64_t groups) {
+      amx_rows_gelu(in, lda, r0, r1, groups, packed, n, g);
+    });
+    return 0;
+  }
+#endif
+  (void)a, (void)m, (void)k, (void)packed_w, (void)n, (void)row_scale, (void)col_scale, (void)bias, (void)q;
+  (void)scale, (void)mid, (void)threads;
   return -1;
 }
 

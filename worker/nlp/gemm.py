@@ -39,6 +39,9 @@ def library() -> ctypes.CDLL:
     # a, m, k, packed, n, out, kind, row_scale, col_scale, bias, mid, weight_sum (NULL where absent), threads
     lib.reviews_gemm_s8_scaled.argtypes = (_P, _I64, _I64, _P, _I64, _P, ctypes.c_int) + (_P,) * 5 + (ctypes.c_int,)
     lib.reviews_gemm_s8_scaled.restype = ctypes.c_int
+    # a, m, k, packed, n, row_scale, col_scale, bias, q, scale, mid, threads
+    lib.reviews_gemm_s8_gelu_quantize.argtypes = (_P, _I64, _I64, _P, _I64) + (_P,) * 6 + (ctypes.c_int,)
+    lib.reviews_gemm_s8_gelu_quantize.restype = ctypes.c_int
     return lib
 
 
@@ -103,11 +106,8 @@ class PackedInt8:
             raise ValueError(f"PackedInt8.scaled: float32 or bfloat16 out, not {dtype}")
         q = self._rows(q, "scaled")
         rows = q.shape[0]
-        vectors = {"col_scale": (col_scale, self.out_features), "row_scale": (row_scale, rows),
-                   "bias": (bias, self.out_features), "mid": (mid, rows), "weight_sum": (weight_sum, self.out_features)}
-        for name, (t, size) in vectors.items():
-            if t is not None and (t.dtype != torch.float32 or t.numel() != size or not t.is_contiguous()):
-                raise ValueError(f"PackedInt8.scaled: {name} must be {size} contiguous float32 values")
+        self._vectors("scaled", col_scale=(col_scale, self.out_features), row_scale=(row_scale, rows),
+                      bias=(bias, self.out_features), mid=(mid, rows), weight_sum=(weight_sum, self.out_features))
         if (mid is None) != (weight_sum is None):
             raise ValueError("PackedInt8.scaled: mid and weight_sum go together")
         out = torch.empty((rows, self.out_features), dtype=dtype)
@@ -119,3 +119,30 @@ class PackedInt8:
             raise RuntimeError("PackedInt8.scaled: the library has no scaled product here")
         return out
 
+    def gelu_quantize(self, q: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor,
+                      bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x = GELU((q @ weight.T) * row_scale[:, None] * col_scale + bias), then x quantized per row
+        around its midrange: (int8 (rows, out_features), scale, mid), as native.quantize(x,
+        centered=True) would give, without x ever written out. Only where `on_tiles()`."""
+        if not on_tiles():
+            raise RuntimeError("PackedInt8.gelu_quantize: needs AMX's int8 tiles")
+        q = self._rows(q, "gelu_quantize")
+        rows = q.shape[0]
+        self._vectors("gelu_quantize", col_scale=(col_scale, self.out_features), row_scale=(row_scale, rows),
+                      bias=(bias, self.out_features))
+        out = torch.empty((rows, self.out_features), dtype=torch.int8)
+        scale, mid = torch.empty((rows, 1)), torch.empty((rows, 1))  # as native.quantize gives them
+        failed = library().reviews_gemm_s8_gelu_quantize(
+            q.data_ptr(), rows, self.in_features, self.data.data_ptr(), self.out_features, row_scale.data_ptr(),
+            col_scale.data_ptr(), bias.data_ptr(), out.data_ptr(), scale.data_ptr(), mid.data_ptr(),
+            torch.get_num_threads())
+        if failed:
+            raise RuntimeError("PackedInt8.gelu_quantize: the library has no fused product here")
+        return out, scale, mid
+
+    @staticmethod
+    def _vectors(what: str, **vectors: tuple[torch.Tensor | None, int]) -> None:
+        """A ValueError unless each given vector is `size` contiguous float32 values (None: absent)."""
+        for name, (t, size) in vectors.items():
+            if t is not None and (t.dtype != torch.float32 or t.numel() != size or not t.is_contiguous()):
+                raise ValueError(f"PackedInt8.{what}: {name} must be {size} contiguous float32 values")

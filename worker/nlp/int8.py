@@ -240,6 +240,15 @@ class Int8Linear(nn.Module):
             return native.rescale(self.product(q, dtype), scale, self.bias, mid, weight_sum)
         return native.dequantize(self.product(q, dtype), scale, self.col_scale, self.bias, dtype, mid, weight_sum)
 
+    def gelu_quantize(self, q: torch.Tensor, scale: torch.Tensor,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """GELU of the layer's output for rows already quantized (q, scale), quantized around each
+        row's midrange for the next layer: (q, scale, mid). On AMX's tiles in the product itself
+        (gemm.PackedInt8.gelu_quantize), else kernels.cpp's pass over the product."""
+        if self.scales_inside:
+            return self.packed.gelu_quantize(q, scale, self.col_scale, self.bias)
+        return native.product_gelu_quantize(self.product(q, dtype), scale, self.product_col_scale, self.bias)
+
     def extra_repr(self) -> str:
         kind = "centered per token" if self.centered else "per token"
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 {kind}, {self.kernel}"
