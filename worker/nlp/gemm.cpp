@@ -1,6 +1,7 @@
 // The int8 matrix product for CPUs whose torch has no fast one, and on AMX's tiles: C (int32) = A
 // (int8, rows x k) times W^T, W (int8, n x k) the weight of a Linear, packed once at load time; on
-// AMX also C scaled into the layer's float output as each block is done. Built by gemm.py.
+// AMX also C scaled into the layer's float output as each block is done, or (the feed-forward's
+// first product) GELU'd and quantized for the second. Built by gemm.py.
 //
 // Why: without VNNI (AVX2-only CPUs), torch._int_mm ran 30-70x slower than the float product and
 // oneDNN ran its reference kernel, so int8 was out of reach there (bench/RESULTS.md). AVX2's fast
@@ -18,6 +19,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -93,6 +95,12 @@ void widen(const int8_t* src, int64_t n, int16_t* dst) {
 // block of W stays in L2 while the thread's rows pass under it.
 constexpr int64_t TK = 64, TN = 256;
 
+// Which of the 16 columns in each half of a 32-column block are real, for `cols` of them (1..32).
+inline std::array<__mmask16, 2> column_masks(int cols) {
+  return {cols >= 16 ? __mmask16(0xffff) : __mmask16((1u << cols) - 1u),
+          cols >= 32 ? __mmask16(0xffff) : __mmask16(cols > 16 ? (1u << (cols - 16)) - 1u : 0u)};
+}
+
 // What the sums become as each block is done, while it is in L1: int32 as they are (`out` int32),
 // or acc * row_scale * col_scale (+ mid * weight_sum) + bias in float32 or bf16 (row_scale, bias and
 // mid optional): the layer's output, or oneDNN's convention (column scales only), with no pass
@@ -106,8 +114,7 @@ struct Scaling {
 // acc: a block of 32 x 32 sums (32 apart), `live` rows from m0 and `cols` columns from col. The
 // columns' factors are loaded once per block, not per row.
 void scale_block(const int32_t* acc, int live, int64_t m0, int64_t col, int cols, int64_t n, const Scaling& s) {
-  const __mmask16 keep[2] = {cols >= 16 ? __mmask16(0xffff) : __mmask16((1u << cols) - 1u),
-                             cols >= 32 ? __mmask16(0xffff) : __mmask16(cols > 16 ? (1u << (cols - 16)) - 1u : 0u)};
+  const std::array<__mmask16, 2> keep = column_masks(cols);
   __m512 cs[2], bias[2], ws[2];
   for (int h = 0; h < 2; ++h) {
     cs[h] = _mm512_maskz_loadu_ps(keep[h], s.col_scale + col + 16 * h);
@@ -188,6 +195,26 @@ inline void store_sums(int32_t* out_buf) {  // tiles 0-3 as 32 x 32 int32, rows 
   _tile_stored(3, out_buf + 16 * 32 + 16, 128);
 }
 
+// Calls block(m0, live, j, two, col, cols) for each block of 32 rows of [r0, r1) (`live` of them
+// real) and each pair of panels j, j + 1 (`two`: the second exists) of n columns, `cols` of them
+// real from col: column blocks of TN outside, rows inside, so a block of W stays in L2 while the
+// rows pass under it.
+template <typename Block>
+inline void for_each_block(int64_t r0, int64_t r1, int64_t n, Block block) {
+  const int64_t panels = (n + 15) / 16;
+  for (int64_t n0 = 0; n0 < panels; n0 += TN / 16) {
+    const int64_t n1 = std::min(panels, n0 + TN / 16);
+    for (int64_t m0 = r0; m0 < r1; m0 += 32) {
+      const int live = int(std::min<int64_t>(32, r1 - m0));
+      for (int64_t j = n0; j < n1; j += 2) {
+        const bool two = j + 1 < n1;
+        const int64_t col = 16 * j;
+        block(m0, live, j, two, col, int(std::min<int64_t>(two ? 32 : 16, n - col)));
+      }
+    }
+  }
+}
+
 // Rows [r0, r1) of c = a times the packed W's transpose. a's rows are lda bytes apart and readable
 // to a multiple of 64 (the caller copies them where k is not); a block of fewer than 32 rows, or
 // columns past n, goes through zeroed copies.
@@ -196,31 +223,22 @@ void amx_rows(const int8_t* a, int64_t lda, int64_t r0, int64_t r1, int64_t grou
   int32_t* c = static_cast<int32_t*>(s.out);
   alignas(64) int8_t rows_buf[32 * 64];
   alignas(64) int32_t out_buf[32 * 32];
-  const int64_t panels = (n + 15) / 16;
-  for (int64_t n0 = 0; n0 < panels; n0 += TN / 16) {
-    const int64_t n1 = std::min(panels, n0 + TN / 16);
-    for (int64_t m0 = r0; m0 < r1; m0 += 32) {
-      const int live = int(std::min<int64_t>(32, r1 - m0));
-      for (int64_t j = n0; j < n1; j += 2) {
-        const bool two = j + 1 < n1;
-        block_sums(a, lda, m0, live, packed + j * groups * 1024, groups, two, rows_buf);
-        const int64_t col = 16 * j, cols = std::min<int64_t>(two ? 32 : 16, n - col);
-        if (s.kind == 0 && live == 32 && cols == 32) {
-          _tile_stored(0, c + m0 * n + col, n * 4);
-          _tile_stored(1, c + m0 * n + col + 16, n * 4);
-          _tile_stored(2, c + (m0 + 16) * n + col, n * 4);
-          _tile_stored(3, c + (m0 + 16) * n + col + 16, n * 4);
-        } else {
-          store_sums(out_buf);
-          if (s.kind == 0) {
-            for (int r = 0; r < live; ++r) std::memcpy(c + (m0 + r) * n + col, out_buf + r * 32, cols * 4);
-          } else {
-            scale_block(out_buf, live, m0, col, int(cols), n, s);
-          }
-        }
-      }
+  for_each_block(r0, r1, n, [&](int64_t m0, int live, int64_t j, bool two, int64_t col, int cols) {
+    block_sums(a, lda, m0, live, packed + j * groups * 1024, groups, two, rows_buf);
+    if (s.kind == 0 && live == 32 && cols == 32) {
+      _tile_stored(0, c + m0 * n + col, n * 4);
+      _tile_stored(1, c + m0 * n + col + 16, n * 4);
+      _tile_stored(2, c + (m0 + 16) * n + col, n * 4);
+      _tile_stored(3, c + (m0 + 16) * n + col + 16, n * 4);
+      return;
     }
-  }
+    store_sums(out_buf);
+    if (s.kind == 0) {
+      for (int r = 0; r < live; ++r) std::memcpy(c + (m0 + r) * n + col, out_buf + r * 32, cols * 4);
+    } else {
+      scale_block(out_buf, live, m0, col, cols, n, s);
+    }
+  });
 }
 
 // Runs rows(a, lda, r0, r1, groups) on each thread's share of the blocks of 32 rows, with the
@@ -257,7 +275,7 @@ void amx_product(const int8_t* a, int64_t m, int64_t k, const int8_t* packed, in
 // then quantized around its midrange for the second, as kernels.cpp's quantize_row_centered does.
 // x stays in a thread's buffer of a few hundred rows (bf16, in L2) with each row's running max and
 // min, where a separate pass read the whole product back from L3 after it had been written out;
-// and each block's GELU runs between the tile instructions of the next block's product. 1.17-1.21x
+// and each block's GELU runs between the tile instructions of the next block's product. 1.11-1.18x
 // the product then kernels.cpp's pass at 1,792 x 768 -> 3,072 (bench/RESULTS.md).
 struct GeluQuantize {
   const float *row_scale, *col_scale, *bias;
@@ -271,8 +289,7 @@ constexpr int64_t kBufferBytes = 1536 * 1024, kMaxChunk = 256;  // rows: 256 of 
 // min (of the bf16 values: a row of equal values quantizes to zeros, as kernels.cpp's would).
 void gelu_block(const int32_t* acc, int ra, int rb, int64_t row0, int64_t col, int cols, int64_t n,
                 const GeluQuantize& g, uint16_t* buf, __m512* hi, __m512* lo) {
-  const __mmask16 keep[2] = {cols >= 16 ? __mmask16(0xffff) : __mmask16((1u << cols) - 1u),
-                             cols >= 32 ? __mmask16(0xffff) : __mmask16(cols > 16 ? (1u << (cols - 16)) - 1u : 0u)};
+  const std::array<__mmask16, 2> keep = column_masks(cols);
   const int halves = cols > 16 ? 2 : 1;
   for (int h = 0; h < halves; ++h) {
     const __m512 cs = _mm512_maskz_loadu_ps(keep[h], g.col_scale + col + 16 * h);
@@ -312,7 +329,6 @@ void amx_rows_gelu(const int8_t* a, int64_t lda, int64_t r0, int64_t r1, int64_t
   __m512 hi[kMaxChunk], lo[kMaxChunk];
   const int64_t chunk = std::clamp<int64_t>(kBufferBytes / (2 * n) / 32 * 32, 32, kMaxChunk);
   uint16_t* buf = new uint16_t[chunk * n];
-  const int64_t panels = (n + 15) / 16;
   // The block before, whose sums wait in out_buf[1 - cur]: its rows are done a few at a time
   // between the tile instructions of the next block's product.
   struct Pending {
@@ -333,21 +349,13 @@ void amx_rows_gelu(const int8_t* a, int64_t lda, int64_t r0, int64_t r1, int64_t
       gelu_block(out_buf[1 - cur], ra, std::min(rb, pending.live), pending.m0, pending.col, pending.cols, n, g,
                  buf + at * n, hi + at, lo + at);
     };
-    for (int64_t n0 = 0; n0 < panels; n0 += TN / 16) {
-      const int64_t n1 = std::min(panels, n0 + TN / 16);
-      for (int64_t m0 = c0; m0 < c1; m0 += 32) {
-        const int live = int(std::min<int64_t>(32, c1 - m0));
-        for (int64_t j = n0; j < n1; j += 2) {
-          const bool two = j + 1 < n1;
-          block_sums(a, lda, m0, live, packed + j * groups * 1024, groups, two, rows_buf,
-                     [&](int64_t grp) { finish(int(grp) * per_group, int(grp + 1) * per_group); });
-          store_sums(out_buf[cur]);
-          const int64_t col = 16 * j;
-          pending = {live, m0, col, int(std::min<int64_t>(two ? 32 : 16, n - col))};
-          cur = 1 - cur;
-        }
-      }
-    }
+    for_each_block(c0, c1, n, [&](int64_t m0, int live, int64_t j, bool two, int64_t col, int cols) {
+      block_sums(a, lda, m0, live, packed + j * groups * 1024, groups, two, rows_buf,
+                 [&](int64_t grp) { finish(int(grp) * per_group, int(grp + 1) * per_group); });
+      store_sums(out_buf[cur]);
+      pending = {live, m0, col, cols};
+      cur = 1 - cur;
+    });
     finish(0, 32);  // the chunk's last block
     pending.live = 0;
     for (int64_t r = c0; r < c1; ++r)
