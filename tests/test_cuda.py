@@ -141,3 +141,37 @@ def test_training_learns_a_toy_task_on_cuda_in_half_precision(tiny_models, tmp_p
     model.save_pretrained(tmp_path / "trained")
     tok.save_pretrained(tmp_path / "trained")
     assert ev.evaluate_sentiment(str(tmp_path / "trained"), toy)["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,dim", [(1, 768), (5, 100), (4099, 768), (3, 1100)])
+def test_the_add_norm_kernel_computes_torch_layer_norm(dtype, rows, dim):
+    """gpu_layer's Triton kernel against torch's ops on the same GPU, strided residual rows included."""
+    from worker.nlp import gpu_layer
+
+    assert gpu_layer.available(torch.device("cuda")), "Triton ships with torch's CUDA wheels"
+    g = torch.Generator(device="cuda").manual_seed(rows + dim)
+    norm = torch.nn.LayerNorm(dim).cuda()
+    norm.weight.data.normal_(generator=g)
+    norm.bias.data.normal_(generator=g)
+    h = torch.randn(rows, 3, dim, device="cuda", generator=g) * 4
+    a = torch.randn(rows, dim, device="cuda", generator=g).to(dtype)
+    for residual in (h[:, 0], h[:, 1].contiguous()):
+        got, x = gpu_layer.add_norm(residual, a, norm, dtype)
+        want = torch.nn.functional.layer_norm(residual + a.float(), (dim,), norm.weight, norm.bias, norm.eps)
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), float((got - want).abs().max())
+        assert x.dtype == dtype and torch.equal(x, got.to(dtype))
+
+
+def test_the_cuda_forward_runs_the_fused_steps(tiny_models):
+    """Between the products, the Triton add + LayerNorm: torch's LayerNorm runs once a forward (the
+    embeddings'), the fused kernel twice a layer."""
+    from torch.profiler import ProfilerActivity, profile
+
+    s = load_sentiment(str(tiny_models["sentiment"]), device="cuda", precision="bf16")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        s.predict(TEXTS)
+    kernels = [e.name.lower() for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    fused = sum("add_norm" in k for k in kernels)
+    plain = sum("layer_norm" in k for k in kernels)
+    assert plain >= 1 and fused == plain * 2 * s.model.config.n_layers, sorted(set(kernels))

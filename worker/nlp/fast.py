@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import native
+from . import gpu_layer, native
 
 
 # The attention kernels allowed on CUDA: all but cuDNN's (see the module's docstring).
@@ -171,6 +171,10 @@ class DistilBertForward:
                 x = h.to(self.dtype)
                 for i, layer in enumerate(self.layers):
                     h, x = self._fused_layer(layer, h, x, mask, lengths, self.cls_only and i == last)
+            elif h.is_cuda:
+                x = h.to(self.dtype)
+                for i, layer in enumerate(self.layers):
+                    h, x = gpu_layer.layer(layer, h, x, mask, self.cls_only and i == last, self.dtype, self._attend)
             else:
                 for i, layer in enumerate(self.layers):
                     h = self._layer(layer, h, mask, lengths, cls_only=self.cls_only and i == last)
@@ -189,9 +193,14 @@ class DistilBertForward:
             return a.view(batch, -1, dim)
         return torch_attention(q, k, v, mask, batch, self.n_heads, self.attention_dtype).to(self.dtype)
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                batch: int) -> torch.Tensor:
+        """torch's attention over (batch, positions, dim) views of q, k and v (gpu_layer.layer)."""
+        return torch_attention(q, k, v, mask, batch, self.n_heads, self.attention_dtype).to(self.dtype)
+
     def _layer(self, layer, h: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None,
                cls_only: bool) -> torch.Tensor:
-        """One layer in torch ops: CUDA, and CPUs without the fused passes; any Linear layers."""
+        """One layer in torch ops: CPUs without the fused passes; any Linear layers."""
         att, dt = layer.attention, self.dtype
         batch, width, dim = h.shape
         x = h.to(dt)

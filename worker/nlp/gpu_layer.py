@@ -1,0 +1,111 @@
+"""One DistilBERT layer for CUDA, with the steps between the matrix products fused.
+
+On an H100 the plain torch layer (fast.DistilBertForward._layer) spent 45% of its kernel time outside
+the products and attention: the residual adds, the LayerNorms, the casts to the products' dtype and
+the GELU, each a separate pass over memory (bench/RESULTS.md, "GPU, second time"). Here:
+
+- add + LayerNorm + cast is one Triton kernel (`add_norm`): it reads the float32 residual and the
+  product's output once and writes the new float32 residual and its copy in the products' dtype,
+  12 bytes an element where the three passes moved 24;
+- lin1's bias and GELU run in cuBLASLt's epilogue (`torch._addmm_activation`), which uses GELU's tanh
+  form (torch's CPU kernel, the exact one): the two differ by under 5e-4, below bf16's rounding;
+- q, k and v are one product against their weights stacked (`stacked_qkv`), one launch instead of three.
+
+The same functions run on any device: without Triton (a CPU, or a CUDA build without it) `add_norm`
+is torch's ops, so the layer's structure is tested everywhere and the kernel where a GPU is.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn.functional as F
+
+try:  # Triton ships with torch's CUDA wheels; CPU builds have none.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+# Triton compiles a kernel at its first launch for each new specialization; threads of one worker
+# (the threads pool) must not compile the same one at once.
+_launch = threading.Lock()
+
+
+def available(device: torch.device) -> bool:
+    """Whether `add_norm` runs its Triton kernel on `device`."""
+    return triton is not None and device.type == "cuda"
+
+
+if triton is not None:
+    @triton.jit
+    def _add_norm_kernel(res, res_stride, a, a_stride, w, b, h, x, n, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        inside = cols < n
+        s = (tl.load(res + row * res_stride + cols, mask=inside, other=0.0).to(tl.float32)
+             + tl.load(a + row * a_stride + cols, mask=inside, other=0.0).to(tl.float32))
+        mean = tl.sum(s, axis=0) / n
+        d = tl.where(inside, s - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / n + eps)
+        y = d * rstd * tl.load(w + cols, mask=inside, other=0.0) + tl.load(b + cols, mask=inside, other=0.0)
+        tl.store(h + row * n + cols, y, mask=inside)
+        tl.store(x + row * n + cols, y.to(x.dtype.element_ty), mask=inside)
+
+
+def add_norm(residual: torch.Tensor, a: torch.Tensor, norm: torch.nn.LayerNorm,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """h = LayerNorm(residual + a) in float32, and h in `dtype`. residual: (rows, dim) float32, rows
+    may be strided (the [CLS] rows of a batch); a: (rows, dim), contiguous rows."""
+    rows, dim = a.shape
+    if not available(a.device) or residual.stride(1) != 1 or a.stride(1) != 1:
+        h = F.layer_norm(residual + a, (dim,), norm.weight, norm.bias, norm.eps)
+        return h, h.to(dtype)
+    h = torch.empty((rows, dim), device=a.device, dtype=torch.float32)
+    x = torch.empty((rows, dim), device=a.device, dtype=dtype)
+    if rows:
+        block = triton.next_power_of_2(dim)
+        with _launch:
+            _add_norm_kernel[(rows,)](residual, residual.stride(0), a, a.stride(0), norm.weight, norm.bias, h, x,
+                                      dim, norm.eps, BLOCK=block, num_warps=4 if block <= 1024 else 8)
+    return h, x
+
+
+def linear_gelu(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
+    """GELU(linear(x)), the bias and GELU in the product's epilogue where cuBLASLt has it (tanh form)."""
+    flat = x.reshape(-1, x.shape[-1])
+    y = torch._addmm_activation(linear.bias, flat, linear.weight.t(), use_gelu=True)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def stacked_qkv(attention) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of q_lin, k_lin and v_lin stacked, made once and kept on the module."""
+    stacked = getattr(attention, "_stacked_qkv", None)
+    if stacked is None:
+        parts = (attention.q_lin, attention.k_lin, attention.v_lin)
+        stacked = (torch.cat([p.weight.detach() for p in parts]), torch.cat([p.bias.detach() for p in parts]))
+        attention._stacked_qkv = stacked
+    return stacked
+
+
+def layer(layer, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, cls_only: bool,
+          dtype: torch.dtype, attend) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer: (h, x) in, h the float32 residual stream (batch, positions, dim) and x the same in
+    `dtype`, the products'; returns the next (h, x). cls_only: the last layer of a sequence
+    classifier, everything after k and v for the [CLS] rows alone. attend(q, k, v, mask, batch):
+    attention over (batch, positions, dim) views, as (batch, positions of q, dim) in `dtype`."""
+    att, ffn, dt = layer.attention, layer.ffn, dtype
+    batch, width, dim = h.shape
+    weight, bias = stacked_qkv(att)
+    qkv = F.linear(x, weight, bias)
+    q, k, v = qkv[..., :dim], qkv[..., dim:2 * dim], qkv[..., 2 * dim:]
+    residual = h.view(-1, dim)
+    if cls_only:
+        q, residual = q[:, :1], h[:, 0]
+    a = att.out_lin(attend(q, k, v, mask, batch))
+    h, x = add_norm(residual, a.reshape(-1, dim), layer.sa_layer_norm, dt)
+    f = ffn.lin2(linear_gelu(x, ffn.lin1))
+    h, x = add_norm(h, f.view(-1, dim), layer.output_layer_norm, dt)
+    rows = 1 if cls_only else width
+    return h.view(batch, rows, dim), x.view(batch, rows, dim)
