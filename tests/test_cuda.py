@@ -160,7 +160,9 @@ def test_the_add_norm_kernel_computes_torch_layer_norm(dtype, rows, dim):
         got, x = gpu_layer.add_norm(residual, a, norm, dtype)
         want = torch.nn.functional.layer_norm(residual + a.float(), (dim,), norm.weight, norm.bias, norm.eps)
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), float((got - want).abs().max())
-        assert x.dtype == dtype and torch.equal(x, got.to(dtype))
+        # x is h rounded to dtype (within one unit in the last place: the rounding mode is Triton's)
+        assert x.dtype == dtype
+        assert torch.allclose(x.float(), got.to(dtype).float(), rtol=2 ** -7 if dtype == torch.bfloat16 else 2 ** -10, atol=0)
 
 
 def test_the_cuda_forward_runs_the_fused_steps(tiny_models):
