@@ -280,6 +280,29 @@ def test_ner_agreement_counts_exact_spans_both_ways():
     assert precision.agreement("ner", [longer], [ref], [mask], labels) == pytest.approx(2 / 3)
 
 
+def test_ner_agreement_leaves_out_spans_on_fp32s_near_ties():
+    """A span lost or added where fp32 itself hesitates (its top two tags' probabilities closer than
+    NEAR_TIE) is rounding, not a changed model: it counts neither way. Where fp32 decides no span at
+    all, every span counts."""
+    labels = {0: "O", 1: "B-PER", 2: "I-PER"}
+    ref = torch.full((1, 50, 3), -5.0)
+    ref[0, :, 0] = 5.0
+    for start in (0, 10, 20, 30):
+        ref[0, start, 0], ref[0, start, 1] = -5.0, 5.0
+    ref[0, 40, 0], ref[0, 40, 1] = 1.0, 1.001  # a span fp32 barely finds
+    ref[0, 45, 0], ref[0, 45, 1] = 1.001, 1.0  # and a token it barely leaves out
+    got = ref.clone()
+    got[0, 40, 0], got[0, 40, 1] = 1.001, 1.0  # lost
+    got[0, 45, 0], got[0, 45, 1] = 1.0, 1.001  # added
+    mask = torch.ones(1, 50)
+    assert precision.agreement("ner", [got], [ref], [mask], labels) == 1.0
+    got[0, 10, 0], got[0, 10, 1] = 5.0, -5.0  # a decided span lost: 3 of 4
+    assert precision.agreement("ner", [got], [ref], [mask], labels) == pytest.approx(0.75)
+    unsure = ref.clone()
+    unsure[0, :, :2] = torch.tensor([1.0, 1.001])  # fp32 decides nothing: every span counts
+    assert precision.agreement("ner", [unsure[..., [1, 0, 2]]], [unsure], [mask], labels) == 0.0
+
+
 def test_the_fastest_passing_candidate_wins_if_it_beats_the_flags_choice_clearly():
     T = precision.Trial
     fp32, bf16 = T("fp32", 2.0, 1, True), T("bf16", 1.0, 1, True)
