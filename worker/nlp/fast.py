@@ -111,7 +111,9 @@ class DistilBertForward:
     On CPU, where kernels.cpp builds (native.py), the steps between the products are its fused
     passes: for float products, the residual add, LayerNorm and cast to the products' dtype in one
     pass; for int8 products (int8.py) every step from one product to the next, so that activations
-    go from one layer's product to the next layer's quantized input without torch in between."""
+    go from one layer's product to the next layer's quantized input without torch in between. On
+    CUDA every layer is gpu_layer.layer: add + LayerNorm + cast in one Triton kernel, GELU in the
+    product's epilogue."""
 
     def __init__(self, model, per_token: bool, cls_only: bool = True, attention_dtype: torch.dtype | None = None,
                  marking=None, fused: bool | None = None, native_attention: bool = False,
