@@ -6,7 +6,8 @@
 #   bash bench/gpu.sh                 # with the project installed (pip install -e ".[test]") and
 #                                     # PostgreSQL (5432) and Redis (6379) on 127.0.0.1, as for the tests
 #
-# For a bare GPU box without network (a lent benchmark machine), everything can travel in .gpu/:
+# For a bare GPU box without network (a lent benchmark machine), everything can travel in .gpu/
+# (bench/gpu_pack.sh builds it):
 #   .gpu/whl/*.whl          the Python packages the box lacks (installed with --no-index into /tmp/site)
 #                           (on the lent H100/H200 image: celery and its kombu, billiard, vine, amqp,
 #                           click-didyoumean/-repl/-plugins, prompt_toolkit, wcwidth, tzdata, tzlocal;
