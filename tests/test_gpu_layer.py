@@ -62,3 +62,17 @@ def test_add_norm_reads_strided_residual_rows():
     want = torch.nn.functional.layer_norm(h[:, 0] + a.float(), (24,), norm.weight, norm.bias, norm.eps)
     assert torch.allclose(got, want, atol=1e-6) and x.dtype == torch.bfloat16
     assert torch.equal(x, want.to(torch.bfloat16))
+
+
+def test_the_stacked_qkv_weights_follow_the_layers_weights(tiny_models):
+    """Made once, but made again when a weight is replaced, moved or cast."""
+    fwd = load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").forward._forward
+    att = fwd.layers[0].attention
+    dim = att.q_lin.weight.shape[1]
+    weight, bias = gpu_layer.stacked_qkv(att)
+    assert gpu_layer.stacked_qkv(att)[0] is weight  # kept
+    assert torch.equal(weight[dim:2 * dim], att.k_lin.weight) and torch.equal(bias[:dim], att.q_lin.bias)
+    att.k_lin.to(torch.float64)
+    assert gpu_layer.stacked_qkv(att)[0].dtype == torch.float64  # torch.cat promotes to the widest
+    att.v_lin.bias = torch.nn.Parameter(torch.ones_like(att.v_lin.bias))
+    assert torch.equal(gpu_layer.stacked_qkv(att)[1][2 * dim:], torch.ones(dim))

@@ -80,13 +80,16 @@ def linear_gelu(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
 
 
 def stacked_qkv(attention) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight, bias) of q_lin, k_lin and v_lin stacked, made once and kept on the module."""
-    stacked = getattr(attention, "_stacked_qkv", None)
-    if stacked is None:
-        parts = (attention.q_lin, attention.k_lin, attention.v_lin)
+    """(weight, bias) of q_lin, k_lin and v_lin stacked, made once and kept on the module; made again
+    if any of the three has been replaced, moved or cast since (its storage is another). Inference
+    never changes weights in place (a new model version is a new model)."""
+    parts = (attention.q_lin, attention.k_lin, attention.v_lin)
+    key = tuple((p.weight.data_ptr(), p.bias.data_ptr()) for p in parts)
+    cached = getattr(attention, "_stacked_qkv", None)
+    if cached is None or cached[0] != key:
         stacked = (torch.cat([p.weight.detach() for p in parts]), torch.cat([p.bias.detach() for p in parts]))
-        attention._stacked_qkv = stacked
-    return stacked
+        cached = attention._stacked_qkv = (key, stacked)
+    return cached[1]
 
 
 def layer(layer, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, cls_only: bool,
