@@ -76,3 +76,13 @@ def test_the_stacked_qkv_weights_follow_the_layers_weights(tiny_models):
     assert gpu_layer.stacked_qkv(att)[0].dtype == torch.float64  # torch.cat promotes to the widest
     att.v_lin.bias = torch.nn.Parameter(torch.ones_like(att.v_lin.bias))
     assert torch.equal(gpu_layer.stacked_qkv(att)[1][2 * dim:], torch.ones(dim))
+
+
+def test_nothing_on_a_cpu_imports_triton(tiny_models):
+    """Importing Triton takes 0.3-1 s (it ships with torch's CUDA wheels, which CPU hosts often run)."""
+    gpu_layer._triton.cache_clear()
+    load_sentiment(str(tiny_models["sentiment"]), device="cpu", precision="fp32").predict(["a great film"])
+    norm = torch.nn.LayerNorm(8)
+    gpu_layer.add_norm(torch.randn(2, 8), torch.randn(2, 8), norm, torch.bfloat16)
+    assert not gpu_layer.available(torch.device("cpu"))
+    assert gpu_layer._triton.cache_info().misses == 0

@@ -17,41 +17,36 @@ is torch's ops, so the layer's structure is tested everywhere and the kernel whe
 
 from __future__ import annotations
 
+import logging
 import threading
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
-try:  # Triton ships with torch's CUDA wheels; CPU builds have none.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+log = logging.getLogger(__name__)
 
 # Triton compiles a kernel at its first launch for each new specialization; threads of one worker
 # (the threads pool) must not compile the same one at once.
 _launch = threading.Lock()
 
 
+@lru_cache(maxsize=1)
+def _triton():
+    """triton_kernels.py, imported at the first CUDA call (importing Triton takes 0.3-1 s, which a
+    worker on a CPU has no use for); None where Triton is missing (CPU builds of torch have none)."""
+    try:
+        from . import triton_kernels
+    except Exception as exc:  # missing, or an install that breaks on import: torch's ops serve
+        if not isinstance(exc, ImportError) or torch.cuda.is_available():
+            log.warning("Triton unavailable (%s): the CUDA layer's add + LayerNorm runs in torch's ops", exc)
+        return None
+    return triton_kernels
+
+
 def available(device: torch.device) -> bool:
     """Whether `add_norm` runs its Triton kernel on `device`."""
-    return triton is not None and device.type == "cuda"
-
-
-if triton is not None:
-    @triton.jit
-    def _add_norm_kernel(res, res_stride, a, a_stride, w, b, h, x, n, eps, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.arange(0, BLOCK)
-        inside = cols < n
-        s = (tl.load(res + row * res_stride + cols, mask=inside, other=0.0).to(tl.float32)
-             + tl.load(a + row * a_stride + cols, mask=inside, other=0.0).to(tl.float32))
-        mean = tl.sum(s, axis=0) / n
-        d = tl.where(inside, s - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / n + eps)
-        y = d * rstd * tl.load(w + cols, mask=inside, other=0.0) + tl.load(b + cols, mask=inside, other=0.0)
-        tl.store(h + row * n + cols, y, mask=inside)
-        tl.store(x + row * n + cols, y.to(x.dtype.element_ty), mask=inside)
+    return device.type == "cuda" and _triton() is not None
 
 
 def add_norm(residual: torch.Tensor, a: torch.Tensor, norm: torch.nn.LayerNorm,
@@ -65,10 +60,8 @@ def add_norm(residual: torch.Tensor, a: torch.Tensor, norm: torch.nn.LayerNorm,
     h = torch.empty((rows, dim), device=a.device, dtype=torch.float32)
     x = torch.empty((rows, dim), device=a.device, dtype=dtype)
     if rows:
-        block = triton.next_power_of_2(dim)
         with _launch:
-            _add_norm_kernel[(rows,)](residual, residual.stride(0), a, a.stride(0), norm.weight, norm.bias, h, x,
-                                      dim, norm.eps, BLOCK=block, num_warps=4 if block <= 1024 else 8)
+            _triton().add_norm(residual, a, norm.weight, norm.bias, norm.eps, h, x)
     return h, x
 
 
