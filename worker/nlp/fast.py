@@ -198,7 +198,7 @@ class DistilBertForward:
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                 batch: int) -> torch.Tensor:
         """torch's attention over (batch, positions, dim) views of q, k and v (gpu_layer.layer)."""
-        return torch_attention(q, k, v, mask, batch, self.n_heads, self.attention_dtype).to(self.dtype)
+        return self._attention(q, k, v, mask, None, batch, k.shape[-1])
 
     def _layer(self, layer, h: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None,
                cls_only: bool) -> torch.Tensor:

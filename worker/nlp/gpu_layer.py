@@ -91,7 +91,7 @@ def layer(layer, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, cl
     `dtype`, the products'; returns the next (h, x). cls_only: the last layer of a sequence
     classifier, everything after k and v for the [CLS] rows alone. attend(q, k, v, mask, batch):
     attention over (batch, positions, dim) views, as (batch, positions of q, dim) in `dtype`."""
-    att, ffn, dt = layer.attention, layer.ffn, dtype
+    att, ffn = layer.attention, layer.ffn
     batch, width, dim = h.shape
     weight, bias = stacked_qkv(att)
     qkv = F.linear(x, weight, bias)
@@ -100,8 +100,8 @@ def layer(layer, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, cl
     if cls_only:
         q, residual = q[:, :1], h[:, 0]
     a = att.out_lin(attend(q, k, v, mask, batch))
-    h, x = add_norm(residual, a.reshape(-1, dim), layer.sa_layer_norm, dt)
+    h, x = add_norm(residual, a.reshape(-1, dim), layer.sa_layer_norm, dtype)
     f = ffn.lin2(linear_gelu(x, ffn.lin1))
-    h, x = add_norm(h, f.view(-1, dim), layer.output_layer_norm, dt)
+    h, x = add_norm(h, f.view(-1, dim), layer.output_layer_norm, dtype)
     rows = 1 if cls_only else width
     return h.view(batch, rows, dim), x.view(batch, rows, dim)

@@ -213,14 +213,15 @@ def span_agreement(got: list[torch.Tensor], ref: list[torch.Tensor], masks: list
                 found.update((b, r, *span) for span in bio_spans(row) if bool(sure[span[0]:span[1]].all()))
         return found
 
-    decided = [torch.ones(m.shape, dtype=torch.bool) for m in masks]  # one tag: nothing to tie with
+    every = [torch.ones(m.shape, dtype=torch.bool) for m in masks]
+    decided = list(every)  # one tag: nothing to tie with
     for b, logits in enumerate(ref):
         if logits.shape[-1] > 1:
             top2 = logits.float().softmax(-1).topk(2, dim=-1).values
             decided[b] = top2[..., 0] - top2[..., 1] >= NEAR_TIE["ner"]
     theirs = spans(ref, decided)
     if not theirs:  # fp32 decides no span: count them all
-        decided = [torch.ones(m.shape, dtype=torch.bool) for m in masks]
+        decided = every
         theirs = spans(ref, decided)
     mine = spans(got, decided)
     both = len(mine & theirs)
